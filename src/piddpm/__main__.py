@@ -1,0 +1,5 @@
+import sys
+
+from piddpm.cli import main
+
+sys.exit(main())
