@@ -1,0 +1,211 @@
+"""Tests of the Richardson-Lucy baseline against scikit-image and against physics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skimage.restoration import richardson_lucy as sk_richardson_lucy
+
+from piddpm import PiddpmError
+from piddpm.acquisition import acquire, blur
+from piddpm.baselines import richardson_lucy
+
+
+def _gaussian_psf(size=15, sigma=2.0, dtype=torch.float64):
+    r = torch.arange(size, dtype=dtype) - size // 2
+    g = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def _sparse_points(n_points=12, size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    gt = torch.zeros(1, 1, size, size, dtype=torch.float64)
+    idx = torch.randint(4, size - 4, (2, n_points), generator=g)
+    gt[0, 0, idx[0], idx[1]] = 1.0
+    return gt
+
+
+# ---------------------------------------------------------------- against scikit-image
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("ksize", [(9, 9), (7, 5)])
+def test_matches_skimage_for_odd_psf(dtype, ksize):
+    """skimage: scipy 'same' convolution (zero boundary), start 0.5, no sensitivity term."""
+    rng = np.random.default_rng(0)
+    image = rng.random((40, 52)).astype(dtype)
+    psf = rng.random(ksize).astype(dtype)  # non-symmetric
+    psf /= psf.sum()
+    ref = sk_richardson_lucy(image, psf, num_iter=25, clip=False)
+    ours = richardson_lucy(image, psf, 25, boundary="zero", init=0.5, normalize=False)
+    assert isinstance(ours, np.ndarray) and ours.dtype == dtype and ours.shape == image.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_matches_skimage_for_even_psf_with_centre_convention():
+    """An even PSF has its centre at kh // 2: padding a zero row/column at the end makes
+    an odd PSF with the same centre, which scikit-image treats exactly."""
+    rng = np.random.default_rng(1)
+    image = rng.random((36, 30))
+    psf = rng.random((6, 4))
+    psf /= psf.sum()
+    ref = sk_richardson_lucy(image, np.pad(psf, ((0, 1), (0, 1))), num_iter=20, clip=False)
+    ours = richardson_lucy(image, psf, 20, init=0.5, normalize=False)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+# ---------------------------------------------------------------- physics
+def test_sharpens_points_and_reduces_error_monotonically():
+    """Noiseless blurred point sources: each early RL step brings the estimate closer to
+    the truth and raises the peaks (RL increases the likelihood monotonically)."""
+    gt = _sparse_points()
+    psf = _gaussian_psf()
+    data = blur(gt, psf, "periodic")
+    errors, peaks = [], []
+    for n in range(0, 9):
+        u = richardson_lucy(data, psf, n, boundary="periodic")
+        errors.append(float((u - gt).norm()))
+        peaks.append(float(u.max()))
+    assert all(b < a for a, b in zip(errors, errors[1:], strict=False))
+    assert all(b > a for a, b in zip(peaks, peaks[1:], strict=False))
+    assert peaks[-1] > 2 * float(data.max())
+
+
+def test_flux_is_conserved_for_periodic_boundary_unit_psf():
+    rng = np.random.default_rng(2)
+    data = torch.from_numpy(rng.random((2, 1, 48, 40)) * 100)
+    u = richardson_lucy(data, _gaussian_psf(9, 1.5), 15, boundary="periodic")
+    torch.testing.assert_close(u.sum(dim=(1, 2, 3)), data.sum(dim=(1, 2, 3)), rtol=1e-9, atol=0)
+
+
+def test_normalize_equals_textbook_update_for_periodic_unit_psf():
+    rng = np.random.default_rng(3)
+    data = rng.random((32, 32))
+    psf = _gaussian_psf(7, 1.0).numpy()
+    a = richardson_lucy(data, psf, 10, boundary="periodic", normalize=True)
+    b = richardson_lucy(data, psf, 10, boundary="periodic", normalize=False)
+    np.testing.assert_allclose(a, b, rtol=1e-10)
+
+
+def test_psf_scale_does_not_change_normalized_estimate_model():
+    """With the sensitivity term, a PSF of sum 2 gives half the estimate (same A u)."""
+    data = blur(_sparse_points(seed=4), _gaussian_psf(), "periodic") + 0.01
+    u1 = richardson_lucy(data, _gaussian_psf(), 10, boundary="periodic")
+    u2 = richardson_lucy(data, 2 * _gaussian_psf(), 10, boundary="periodic")
+    torch.testing.assert_close(u2, u1 / 2)
+
+
+def test_known_background_improves_the_estimate():
+    gt = _sparse_points(seed=5) * 50
+    psf = _gaussian_psf()
+    data = blur(gt, psf, "periodic") + 3.0  # A u + b, b = 3
+    with_b = richardson_lucy(data, psf, 30, background=3.0, boundary="periodic")
+    without = richardson_lucy(data, psf, 30, boundary="periodic")
+    assert float((with_b - gt).norm()) < 0.8 * float((without - gt).norm())
+    # without b the estimate must explain the background as object: far too much flux
+    assert float(without.sum()) > float(with_b.sum()) + 0.5 * 3.0 * gt[0, 0].numel()
+
+
+def test_zero_boundary_sensitivity_keeps_border_flux():
+    """A flat scene through a zero-boundary blur: the EM update with A^T 1 recovers it,
+    the textbook update darkens the border."""
+    psf = _gaussian_psf(9, 2.0)
+    flat = torch.ones(1, 1, 40, 40, dtype=torch.float64)
+    data = blur(flat, psf, "zero")
+    good = richardson_lucy(data, psf, 30, normalize=True)
+    bad = richardson_lucy(data, psf, 30, normalize=False)
+    assert float((good - flat).abs().max()) < float((bad - flat).abs().max())
+    assert float((good[..., 0, :] - 1).abs().max()) < 0.1
+
+
+def test_total_variation_smooths_noisy_estimate():
+    gt = torch.zeros(1, 1, 64, 64, dtype=torch.float64)
+    gt[..., 16:48, 16:48] = 1.0
+    psf = _gaussian_psf(9, 1.5)
+    obs = acquire(gt, psf, photons=30.0, boundary="periodic", generator=0)["observed"]
+
+    def tv(u):
+        return float(u.diff(dim=-1).abs().sum() + u.diff(dim=-2).abs().sum())
+
+    plain = richardson_lucy(obs, psf, 40, boundary="periodic")
+    smooth = richardson_lucy(obs, psf, 40, tv_weight=0.01, boundary="periodic")
+    assert tv(smooth) < 0.8 * tv(plain)
+    assert (smooth >= 0).all()
+
+
+def test_auto_stops_near_the_noise_level():
+    """num_iter='auto' (Poisson discrepancy principle) stops before noise amplification:
+    its error is far below one iteration's and below 100 iterations'."""
+    psf = _gaussian_psf()
+    scene = torch.zeros(1, 1, 96, 96, dtype=torch.float64)
+    scene[..., 30:60, 20:70] = 1.0
+    scene[..., 40:50, 30:40] = 3.0
+    scene = blur(scene, psf, "periodic") + 0.1
+    out = acquire(scene, psf, photons=200.0, background=5.0, boundary="periodic", generator=1)
+    truth = scene * out["scale"].view(-1, 1, 1, 1)
+    obs = out["observed"]
+
+    def err(u):
+        return float((u - truth).norm() / truth.norm())
+
+    u, info = richardson_lucy(
+        obs, psf, "auto", background=5.0, boundary="periodic", return_info=True
+    )
+    assert info["discrepancy"][0] <= 1.0
+    assert 1 <= info["num_iter"][0] < 50
+    assert err(u) < 0.5 * err(richardson_lucy(obs, psf, 1, background=5.0, boundary="periodic"))
+    assert err(u) < 0.5 * err(richardson_lucy(obs, psf, 100, background=5.0, boundary="periodic"))
+
+
+# ---------------------------------------------------------------- interface
+def test_rtol_stops_early_and_batch_equals_single_runs():
+    rng = np.random.default_rng(6)
+    data = torch.from_numpy(rng.random((3, 2, 32, 30)))
+    data[1] *= 0.01  # different samples converge at different speeds
+    psf = torch.stack([_gaussian_psf(7, s) for s in (0.8, 1.5, 2.5)])[:, None]
+    u, info = richardson_lucy(data, psf, 500, rtol=1e-2, return_info=True)
+    assert all(n < 500 for n in info["num_iter"])
+    assert all(r < 1e-2 for r in info["rel_change"])
+    for b in range(3):
+        ub, ib = richardson_lucy(data[b : b + 1], psf[b : b + 1], 500, rtol=1e-2, return_info=True)
+        assert ib["num_iter"][0] == info["num_iter"][b]
+        torch.testing.assert_close(u[b : b + 1], ub)
+
+
+def test_types_and_shapes_round_trip():
+    psf = _gaussian_psf(5, 1.0)
+    a32 = np.random.default_rng(7).random((20, 24)).astype(np.float32)
+    out = richardson_lucy(a32, psf.numpy(), 3)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (20, 24)
+    t = torch.from_numpy(a32)
+    out_t = richardson_lucy(t, psf, 3)
+    assert isinstance(out_t, torch.Tensor) and out_t.dtype == torch.float32
+    np.testing.assert_allclose(out_t.numpy(), out, rtol=1e-6)
+    u16 = (a32 * 1000).astype(np.uint16)
+    assert richardson_lucy(u16, psf.numpy(), 2).dtype == np.float32
+    assert richardson_lucy(t[None, None], psf, 0).shape == (1, 1, 20, 24)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_iter=-1), "num_iter"),
+        (dict(num_iter="many"), "num_iter"),
+        (dict(tv_weight=0.3), "tv_weight"),
+        (dict(rtol=0.0), "rtol"),
+        (dict(boundary="reflect"), "boundary"),
+        (dict(background=-1.0), "background"),
+        (dict(init=-np.ones((16, 16))), "init"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match):
+    with pytest.raises(PiddpmError, match=match):
+        richardson_lucy(np.ones((16, 16)), np.ones((3, 3)) / 9, **kwargs)
+
+
+def test_bad_psf_and_image_raise():
+    with pytest.raises(PiddpmError, match="negative"):
+        richardson_lucy(np.ones((16, 16)), -np.ones((3, 3)))
+    with pytest.raises(PiddpmError, match="NaN"):
+        richardson_lucy(np.full((16, 16), np.nan), np.ones((3, 3)))
+    with pytest.raises(PiddpmError, match="larger than the image"):
+        richardson_lucy(np.ones((8, 8)), np.ones((9, 9)))
