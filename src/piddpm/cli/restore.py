@@ -1,0 +1,285 @@
+"""``piddpm restore``: restore a real image (TIFF/OME-TIFF, PNG, Zarr) of any size."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Restore a fluorescence image with a bundled or trained model, or with Richardson-Lucy.
+
+Stacks (Z), channels (C) and time series (T) are restored plane by plane; any image size
+is cut into overlapping tiles that are blended without seams. Each plane is mapped from its
+0.1 and 99.9 percentiles to [-1, 1] for the model and back afterwards, so the output is in
+the input's intensity units (see docs/restore.md for what that means for comparisons).
+The output is a float32 OME-TIFF (or OME-Zarr for Zarr input or a .zarr output path) with
+the input's axes, shape and pixel size, and metadata stating how it was made.
+
+Default: the bundled widefield PI-DDPM (--model widefield) with its fast DDIM sampler.
+--method rl needs a PSF (--psf FILE, or the microscope options --modality --na --em-nm
+[--ex-nm --pinhole-au] --ri --pixel-um) and picks its iteration count automatically
+(discrepancy principle) unless --steps is given.
+"""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show defaults and keep the description's line breaks."""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "restore",
+        help="restore (deconvolve and denoise) a real image",
+        description=DESCRIPTION,
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("input", metavar="IN", help="input image: TIFF/OME-TIFF, PNG or Zarr/OME-Zarr")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="output path: .tif/.ome.tif (float32 OME-TIFF) or .zarr (OME-Zarr)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="bundled model name (see `piddpm models`) or a model folder / .safetensors file; "
+        "default: widefield (ignored by --method rl)",
+    )
+    p.add_argument(
+        "--method",
+        choices=["pi-ddpm", "ddpm", "unet", "rl"],
+        default=None,
+        help="restoration method; default: the model's method (must match the model)",
+    )
+    psf = p.add_argument_group("PSF (needed by --method rl and --guidance known/both)")
+    psf.add_argument("--psf", default=None, help="PSF image file (2D, or 3D: brightest plane used)")
+    psf.add_argument(
+        "--modality",
+        choices=["widefield", "confocal"],
+        default=None,
+        help="compute the PSF for this microscope type (with --na, --em-nm, ...)",
+    )
+    psf.add_argument("--na", type=float, default=None, help="numerical aperture (unitless)")
+    psf.add_argument("--ri", type=float, default=1.33, help="immersion refractive index")
+    psf.add_argument("--em-nm", type=float, default=None, help="emission wavelength, nm")
+    psf.add_argument(
+        "--ex-nm", type=float, default=None, help="excitation wavelength, nm (confocal)"
+    )
+    psf.add_argument(
+        "--pinhole-au", type=float, default=1.0, help="pinhole diameter, Airy units (confocal)"
+    )
+    psf.add_argument(
+        "--pixel-um",
+        type=float,
+        default=None,
+        help="pixel size in the sample, micrometres (default: from the file's metadata)",
+    )
+    s = p.add_argument_group("sampling (diffusion methods)")
+    s.add_argument(
+        "--sampler",
+        choices=["ddpm", "ddim"],
+        default=None,
+        help="ddim (fast, few steps) or ddpm (ancestral, all steps); default: the model's (ddim)",
+    )
+    s.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="DDIM steps (default: the model card's, else 20); for rl: iterations "
+        "(default: automatic)",
+    )
+    s.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        help="posterior samples per tile; the output is their mean (count)",
+    )
+    s.add_argument(
+        "--uncertainty",
+        default=None,
+        metavar="STD.tif",
+        help="also write the per-pixel std of the samples (input intensity units; needs "
+        "--samples >= 2)",
+    )
+    s.add_argument(
+        "--residual",
+        default=None,
+        metavar="RES.tif",
+        help="also write the data-consistency map |A y - x| / (p99.9 - p0.1) per plane "
+        "(dimensionless; needs a PSF)",
+    )
+    s.add_argument(
+        "--eta",
+        type=float,
+        default=None,
+        help="physics-guidance strength (unitless); default: the model's, else the sampler's",
+    )
+    s.add_argument(
+        "--regulariser",
+        choices=["l1", "l2", "none"],
+        default=None,
+        help="sampling regulariser; default: the model's, else l1",
+    )
+    s.add_argument(
+        "--lambda",
+        dest="lam",
+        type=float,
+        default=None,
+        help="regulariser weight lambda (unitless); default: the model's, else 0.015",
+    )
+    s.add_argument(
+        "--guidance",
+        choices=["learned", "known", "both", "none"],
+        default=None,
+        help="physics guidance: learned (pi-ddpm), known (needs a PSF), both, none; default: "
+        "the model's",
+    )
+    t = p.add_argument_group("tiling and execution")
+    t.add_argument("--tile", type=int, default=256, help="tile side, pixels")
+    t.add_argument("--overlap", type=int, default=32, help="overlap between tiles, pixels")
+    t.add_argument("--batch", type=int, default=4, help="tiles per batch (count)")
+    t.add_argument(
+        "--axes",
+        default=None,
+        help="axes of IN if its metadata is missing or wrong, e.g. ZYX, TCYX (letters T C Z Q Y X)",
+    )
+    t.add_argument("--seed", type=int, default=0, help="random seed (integer) of the sampler")
+    t.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda or cuda:N",
+    )
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar (flag)")
+    t.add_argument("--overwrite", action="store_true", help="replace existing output files (flag)")
+    return p
+
+
+def _is_zarr(path: str) -> bool:
+    return path.rstrip("/\\").lower().endswith(".zarr")
+
+
+def run(args) -> int:
+    import os
+    import sys
+    import warnings
+    from pathlib import Path
+
+    from piddpm import PiddpmError
+    from piddpm.io import read_image, write_tiff, write_zarr
+
+    inp = Path(args.input)
+    outputs = [("output", args.output)]
+    if args.uncertainty:
+        outputs.append(("--uncertainty", args.uncertainty))
+    if args.residual:
+        outputs.append(("--residual", args.residual))
+    seen = {os.path.abspath(inp)}
+    for label, path in outputs:  # fail before the (long) computation
+        if os.path.abspath(path) in seen:
+            raise PiddpmError(f"{label} path {path} is the same as another input/output path")
+        seen.add(os.path.abspath(path))
+        if Path(path).exists() and not args.overwrite:
+            raise PiddpmError(f"{path}: already exists; pass --overwrite to replace it")
+        parent = Path(path).parent
+        if not parent.is_dir():
+            raise PiddpmError(f"{path}: the folder {parent} does not exist; create it first")
+    if args.uncertainty and args.samples < 2:
+        raise PiddpmError(
+            f"--uncertainty {args.uncertainty} needs --samples 2 or more (got {args.samples}): "
+            "the std of one sample is undefined"
+        )
+    if args.method in ("unet", "rl") and args.uncertainty:
+        raise PiddpmError(f"--uncertainty needs a diffusion method; {args.method} is deterministic")
+    if args.method == "rl" and args.model:
+        warnings.warn("--method rl uses no model: --model ignored", UserWarning, stacklevel=1)
+
+    img = read_image(inp, axes=args.axes)
+    pixel_um = args.pixel_um if args.pixel_um is not None else img.pixel_size_um[2]
+    microscope = None
+    micro_given = any(v is not None for v in (args.modality, args.na, args.em_nm, args.ex_nm))
+    if micro_given:
+        if args.psf:
+            raise PiddpmError("give either --psf or the microscope options (--modality, --na, ...)")
+        microscope = {
+            "modality": args.modality or "widefield",
+            "na": args.na,
+            "em_nm": args.em_nm,
+            "ex_nm": args.ex_nm,
+            "ri": args.ri,
+            "pinhole_au": args.pinhole_au,
+            "pixel_um": pixel_um,
+        }
+
+    from piddpm.restore import restore
+
+    result = restore(
+        img.data,
+        model=args.model or "widefield",
+        method=args.method,
+        psf=args.psf,
+        sampler=args.sampler,
+        steps=args.steps,
+        samples=args.samples,
+        eta=args.eta,
+        regulariser=args.regulariser,
+        lam=args.lam,
+        guidance=args.guidance,
+        tile=args.tile,
+        overlap=args.overlap,
+        batch_size=args.batch,
+        axes=img.axes,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        microscope=microscope,
+        pixel_size_um=pixel_um,
+        residual=bool(args.residual) if args.residual else None,
+        name=str(inp),
+    )
+    if args.residual and result.residual is None:
+        raise PiddpmError(f"--residual {args.residual} needs a PSF (--psf or microscope options)")
+    meta = dict(result.metadata)
+    meta["input"] = str(inp)
+    in_zarr = img.metadata.get("format", "").endswith("zarr")
+
+    def write(path: str, data, what: str) -> None:
+        m = dict(meta, content=what)
+        if _is_zarr(path) or (
+            in_zarr and path == args.output and not path.lower().endswith((".tif", ".tiff"))
+        ):
+            write_zarr(
+                path,
+                data,
+                axes=img.axes,
+                pixel_size_um=img.pixel_size_um,
+                attrs=m,
+                overwrite=args.overwrite,
+            )
+        else:
+            write_tiff(
+                path,
+                data,
+                axes=img.axes,
+                pixel_size_um=img.pixel_size_um,
+                metadata=m,
+                overwrite=args.overwrite,
+            )
+
+    write(args.output, result.mean, "restored image (mean of the samples), input units")
+    if args.uncertainty:
+        write(args.uncertainty, result.std, "per-pixel std of the posterior samples, input units")
+    if args.residual:
+        write(
+            args.residual,
+            result.residual,
+            "data consistency |A y - x| / (p_high - p_low) per plane, dimensionless",
+        )
+    print(
+        f"wrote {args.output} ({meta['method']}"
+        + (f", model {meta['model']}" if meta.get("model") else "")
+        + (f", {meta['sampler']} {meta['steps']} steps" if meta.get("sampler") else "")
+        + (f", {meta['steps']} iterations" if meta["method"] == "rl" else "")
+        + ")"
+    )
+    return 0

@@ -1,0 +1,314 @@
+"""Registry of bundled models, and resolution of a user's own model files.
+
+A bundled model is a folder ``src/piddpm/models/<name>/`` holding
+
+- ``model.safetensors``: the weights,
+- ``model.json``: the configuration written by :mod:`piddpm.training` (``method``,
+  ``preset``, ``schedule``, ``target``, ``normalisation``, ...) and optionally
+  ``modality`` (``"widefield"`` / ``"confocal"``), ``aliases`` (extra names),
+  ``description`` (one line) and ``restore_defaults`` (the settings
+  :func:`piddpm.restore` uses when the caller leaves them unset: ``sampler``, ``steps``,
+  ``eta``, ``eta_ddim``, ``regulariser``, ``lam``, ``guidance``),
+- ``MODEL_CARD.md``: what it was trained on, how well it does, where it fails.
+
+Short names map to folders: ``widefield`` -> ``pi-ddpm-widefield``, ``confocal`` ->
+``pi-ddpm-confocal`` (plus any ``aliases`` a model lists). A user's own model is given by
+path: a folder with ``model.json`` + ``model.safetensors``, or the ``.safetensors`` file with
+a ``.json`` of the same stem (or ``model.json``) beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from piddpm import PiddpmError
+
+__all__ = [
+    "MODELS_DIR",
+    "ALIASES",
+    "ModelEntry",
+    "list_models",
+    "resolve_model",
+    "load_bundled",
+    "load_entry",
+]
+
+#: Where bundled model folders live.
+MODELS_DIR = Path(__file__).resolve().parent
+
+#: Built-in short names.
+ALIASES: dict[str, str] = {
+    "widefield": "pi-ddpm-widefield",
+    "confocal": "pi-ddpm-confocal",
+}
+
+#: Methods a model can implement (``rl`` needs no model).
+MODEL_METHODS = ("pi-ddpm", "ddpm", "unet")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model on disk: where its files are and what its configuration says.
+
+    Attributes
+    ----------
+    name : str
+        Folder name for a bundled model; the path for a user's model.
+    weights : Path
+        The ``.safetensors`` file.
+    config_path : Path
+        The ``.json`` configuration.
+    config : dict
+        The parsed configuration.
+    bundled : bool
+        Whether it ships with piddpm.
+    card_path : Path or None
+        ``MODEL_CARD.md`` if present.
+    """
+
+    name: str
+    weights: Path
+    config_path: Path
+    config: dict[str, Any] = field(repr=False)
+    bundled: bool = False
+    card_path: Path | None = None
+
+    @property
+    def method(self) -> str:
+        """``"pi-ddpm"``, ``"ddpm"`` or ``"unet"`` (from the configuration)."""
+        return str(self.config.get("method", ""))
+
+    @property
+    def modality(self) -> str | None:
+        """``"widefield"``/``"confocal"``/... if the configuration states it."""
+        mod = self.config.get("modality")
+        if mod is None:
+            mod = (
+                (self.config.get("data") or {}).get("modality")
+                if isinstance(self.config.get("data"), dict)
+                else None
+            )
+        return None if mod is None else str(mod)
+
+    @property
+    def aliases(self) -> list[str]:
+        extra = [str(a) for a in self.config.get("aliases", []) or []]
+        return sorted({k for k, v in ALIASES.items() if v == self.name} | set(extra))
+
+    @property
+    def card(self) -> str:
+        """The model card text ('' if there is none)."""
+        if self.card_path is not None and self.card_path.is_file():
+            return self.card_path.read_text(encoding="utf-8")
+        return ""
+
+    @property
+    def summary(self) -> str:
+        """One line: the configuration's ``description`` or the card's first prose line."""
+        desc = self.config.get("description")
+        if desc:
+            return str(desc).strip().splitlines()[0]
+        for line in self.card.splitlines():
+            line = line.strip()
+            if line and not line.startswith(("#", "---", "|", "<!--")):
+                return line
+        return f"{self.method or 'unknown method'} model"
+
+    @property
+    def restore_defaults(self) -> dict[str, Any]:
+        """Settings for :func:`piddpm.restore` recommended by the model (may be empty)."""
+        d = self.config.get("restore_defaults") or self.config.get("inference") or {}
+        return dict(d) if isinstance(d, dict) else {}
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise PiddpmError(f"cannot read model configuration {path}: {err}") from err
+    except json.JSONDecodeError as err:
+        raise PiddpmError(f"model configuration {path} is not valid JSON: {err}") from err
+    if not isinstance(cfg, dict):
+        raise PiddpmError(f"model configuration {path} must hold a JSON object")
+    # networks.save_model wraps the training's model config: {"format", "network", "config"}
+    inner = cfg.get("config")
+    if cfg.get("format") == "piddpm-model" and isinstance(inner, dict):
+        merged = dict(inner)
+        for key in ("aliases", "description", "modality", "restore_defaults"):
+            if key in cfg and key not in merged:
+                merged[key] = cfg[key]
+        cfg = merged
+    method = cfg.get("method")
+    if method not in MODEL_METHODS:
+        raise PiddpmError(
+            f"model configuration {path} has method {method!r}; expected one of "
+            f"{', '.join(MODEL_METHODS)}"
+        )
+    return cfg
+
+
+def _entry_from_folder(folder: Path, *, bundled: bool) -> ModelEntry:
+    cfg_path, weights = folder / "model.json", folder / "model.safetensors"
+    missing = [p.name for p in (cfg_path, weights) if not p.is_file()]
+    if missing:
+        raise PiddpmError(
+            f"model folder {folder} lacks {' and '.join(missing)}; a model folder holds "
+            "model.json and model.safetensors"
+        )
+    card = folder / "MODEL_CARD.md"
+    return ModelEntry(
+        name=folder.name if bundled else str(folder),
+        weights=weights,
+        config_path=cfg_path,
+        config=_read_config(cfg_path),
+        bundled=bundled,
+        card_path=card if card.is_file() else None,
+    )
+
+
+def _bundled_folders() -> list[Path]:
+    if not MODELS_DIR.is_dir():
+        return []
+    return sorted(
+        p
+        for p in MODELS_DIR.iterdir()
+        if p.is_dir() and (p / "model.json").is_file() and (p / "model.safetensors").is_file()
+    )
+
+
+def list_models() -> list[ModelEntry]:
+    """The bundled models, sorted by name (empty if none are installed)."""
+    return [_entry_from_folder(p, bundled=True) for p in _bundled_folders()]
+
+
+def _no_model_message(name: str) -> str:
+    available = [p.name for p in _bundled_folders()]
+    if not available:
+        return (
+            f"no bundled model named {name!r}: this installation ships no bundled models yet. "
+            "Pass --model PATH (a folder with model.json + model.safetensors, e.g. written by "
+            "`piddpm train`) or use --method rl with a PSF (--psf FILE or the microscope "
+            "options)"
+        )
+    names = sorted(set(available) | {a for a, t in ALIASES.items() if t in available})
+    return (
+        f"unknown model {name!r}: not a bundled model ({', '.join(names)}) and no such file "
+        "or folder; see `piddpm models`"
+    )
+
+
+def _looks_like_path(text: str) -> bool:
+    return (
+        "/" in text
+        or "\\" in text
+        or text.startswith(".")
+        or text.endswith((".safetensors", ".json"))
+        or Path(text).exists()
+    )
+
+
+def resolve_model(name_or_path: str | Path) -> ModelEntry:
+    """Find a model by bundled name, alias or path.
+
+    Parameters
+    ----------
+    name_or_path : str or Path
+        A bundled name (``"pi-ddpm-widefield"``), an alias (``"widefield"``), a model folder,
+        a ``.safetensors`` file (its ``.json`` of the same stem beside it) or a ``.json``
+        file (its ``.safetensors`` of the same stem beside it).
+
+    Returns
+    -------
+    ModelEntry
+
+    Raises
+    ------
+    PiddpmError
+        If nothing matches (the message says whether any bundled models exist and suggests
+        ``--model PATH`` or ``--method rl``), or a file is missing or unreadable.
+    """
+    if isinstance(name_or_path, ModelEntry):
+        return name_or_path
+    text = str(name_or_path)
+    if not isinstance(name_or_path, Path) and not _looks_like_path(text):
+        folder_name = ALIASES.get(text, text)
+        folder = MODELS_DIR / folder_name
+        if folder.is_dir() and (folder / "model.json").is_file():
+            return _entry_from_folder(folder, bundled=True)
+        for entry in list_models():  # aliases declared by the models themselves
+            if text in entry.aliases:
+                return entry
+        raise PiddpmError(_no_model_message(text))
+
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _entry_from_folder(path, bundled=False)
+    if not path.exists():
+        raise PiddpmError(f"model file or folder {path} does not exist")
+    if path.suffix == ".safetensors":
+        weights, cfg_path = path, path.with_suffix(".json")
+        if not cfg_path.is_file():
+            raise PiddpmError(
+                f"model weights {path} have no configuration beside them; expected "
+                f"{cfg_path.name} in {path.parent}"
+            )
+    elif path.suffix == ".json":
+        cfg_path, weights = path, path.with_suffix(".safetensors")
+        if not weights.is_file():
+            raise PiddpmError(
+                f"model configuration {path} has no weights beside it; expected "
+                f"{weights.name} in {path.parent}"
+            )
+    else:
+        raise PiddpmError(f"model path {path} is neither a folder nor a .safetensors/.json file")
+    card = path.parent / "MODEL_CARD.md"
+    return ModelEntry(
+        name=str(path),
+        weights=weights,
+        config_path=cfg_path,
+        config=_read_config(cfg_path),
+        bundled=False,
+        card_path=card if card.is_file() else None,
+    )
+
+
+def load_entry(entry: ModelEntry, device: str = "cpu"):
+    """Build the network an entry describes and load its weights.
+
+    Returns
+    -------
+    torch.nn.Module
+        In eval mode on ``device``.
+
+    Raises
+    ------
+    PiddpmError
+        If the weights do not match the configuration (missing/unexpected tensors, wrong
+        shapes) or cannot be read; the message names the file.
+    """
+    from piddpm.networks import load_model
+
+    try:
+        net, _ = load_model(entry.weights, device=device)
+    except PiddpmError as err:
+        raise PiddpmError(f"cannot load model {entry.name}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - any other failure also means a bad model file
+        raise PiddpmError(
+            f"cannot load model {entry.weights} with its configuration {entry.config_path}: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    return net.eval()
+
+
+def load_bundled(name: str, device: str = "cpu"):
+    """Load a bundled model by name or alias.
+
+    Returns
+    -------
+    (torch.nn.Module, ModelEntry)
+    """
+    entry = resolve_model(name)
+    return load_entry(entry, device), entry
