@@ -1,0 +1,126 @@
+"""``piddpm train``: train a PI-DDPM, DDPM or supervised U-Net from a YAML configuration."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from piddpm import PiddpmError
+
+DESCRIPTION = """\
+Train a network on simulated microscopy pairs as a YAML configuration describes
+(see configs/ and docs/training.md). Writes OUT/config.json, OUT/log.csv, OUT/val.csv,
+OUT/previews/, OUT/checkpoints/ and, at the end, OUT/model.safetensors + OUT/model.json.
+Multi-GPU / multi-node: launch with `torchrun --nproc_per_node N -m piddpm train ...`.
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "train",
+        help="train a model from a YAML configuration",
+        description=DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML configuration file; None with --resume = OUT/config.json",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="total optimiser steps; None = the config's `steps` (with --resume: train up to "
+        "this step)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder; None = the config's `out_dir`",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its newest checkpoint",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when available), cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of data, noise and initialisation; None = the config's `seed`",
+    )
+    p.add_argument(
+        "--stop-at",
+        type=int,
+        default=None,
+        help="stop after this step with a checkpoint (continue later with --resume); "
+        "None = run to --steps",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch; None = torch's choice (one per core); use 1 when "
+        "several jobs share the machine",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from piddpm.config import load_config
+    from piddpm.training import train
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise PiddpmError(f"--threads must be >= 1 (got {args.threads})")
+        torch.set_num_threads(args.threads)
+
+    overrides = {}
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.out is not None:
+        overrides["out_dir"] = str(args.out)
+    config_path = args.config
+    if config_path is None:
+        if not args.resume:
+            raise PiddpmError("--config is required (unless --resume continues a run in --out)")
+        if args.out is None:
+            raise PiddpmError("--resume without --config needs --out (the run to continue)")
+        config_path = args.out / "config.json"
+        if not config_path.is_file():
+            raise PiddpmError(f"{args.out}: no config.json; is this a piddpm training run?")
+    cfg = load_config(config_path, overrides)
+    result = train(
+        cfg,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.no_progress,
+        stop_at_step=args.stop_at,
+    )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only rank 0 reports
+    if result.model_path is not None:
+        metrics = ", ".join(
+            f"{k} {v:.2f}" for k, v in result.val_metrics.items() if k.endswith("_db")
+        )
+        print(
+            f"trained {result.step} steps; model: {result.model_path}"
+            + (f" ({metrics})" if metrics else "")
+        )
+    else:
+        print(f"stopped at step {result.step}; continue with --resume --out {result.out_dir}")
+    return 0
