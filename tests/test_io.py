@@ -390,3 +390,20 @@ def test_real_tiff_resolution_tag():
 def test_real_jpeg_is_rgb():
     img = read_image(_real("imagenet-sample/n01518878_10151.JPEG"))
     assert img.axes == "YXS" and img.data.shape[-1] == 3 and img.data.dtype == np.uint8
+
+
+def test_axes_override_applies_to_the_files_own_dimension_order(tmp_path):
+    """A 3-plane TIFF that tifffile reads as RGB ('YXS') is, with axes='CYX', 3 planes."""
+    planes = np.arange(3 * 8 * 9, dtype=np.uint16).reshape(3, 8, 9)
+    tifffile.imwrite(tmp_path / "planes.tif", planes)
+    img = read_image(tmp_path / "planes.tif", axes="CYX")
+    assert img.axes == "CYX"
+    np.testing.assert_array_equal(img.data, planes)
+
+
+def test_axes_override_with_channels_last_is_moved_before_yx(tmp_path):
+    planes = np.arange(3 * 8 * 9, dtype=np.uint16).reshape(3, 8, 9)
+    tifffile.imwrite(tmp_path / "yxc.tif", np.moveaxis(planes, 0, -1), photometric="minisblack")
+    img = read_image(tmp_path / "yxc.tif", axes="YXC")
+    assert img.axes == "CYX"
+    np.testing.assert_array_equal(img.data, planes)

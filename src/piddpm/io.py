@@ -243,10 +243,30 @@ def read_image(path: str | os.PathLike, axes: str | None = None) -> Image:
         ) from err
     img.path = p
     if axes is not None:
-        img.axes = check_axes(axes, img.data.ndim, p)
+        moved = img.metadata.pop("samples_moved_from", None)
+        if moved is not None:  # the override describes the file's own dimension order
+            img.data = np.moveaxis(img.data, -1, moved)
+        img.data, img.axes = _canonical_axes(img.data, axes, p)
+        img.metadata["axes_given"] = axes
     else:
+        img.metadata.pop("samples_moved_from", None)
         img.axes = check_axes(img.axes, img.data.ndim, p)
     return img
+
+
+def _canonical_axes(data: np.ndarray, axes: str, where) -> tuple[np.ndarray, str]:
+    """Validate user-given axes and move Y, X (and S) last, e.g. ``"YXC"`` -> ``"CYX"``."""
+    if not isinstance(axes, str) or len(axes) != data.ndim:
+        return data, check_axes(axes, data.ndim, where)  # raises with the precise message
+    up = axes.upper()
+    if "Y" in up and "X" in up and len(set(up)) == len(up) and "S" not in up[:-1]:
+        tail = "YXS" if up.endswith("S") else "YX"
+        lead = [a for a in up if a not in tail]
+        order = lead + list(tail)
+        if order != list(up):
+            data = np.transpose(data, [up.index(a) for a in order])
+            up = "".join(order)
+    return data, check_axes(up, data.ndim, where)
 
 
 def _tiff_axes(raw: str, where) -> str:
@@ -308,6 +328,7 @@ def _read_tiff(p: Path) -> Image:
                 meta["description"] = desc
     axes = _tiff_axes(raw_axes, p)
     if "S" in axes and not axes.endswith("S"):  # planar colour (e.g. 'SYX'): samples last
+        meta["samples_moved_from"] = axes.index("S")
         data = np.moveaxis(data, axes.index("S"), -1)
         axes = axes.replace("S", "") + "S"
     return Image(data=data, axes=axes, pixel_size_um=tuple(ps), metadata=meta)
