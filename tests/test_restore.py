@@ -364,3 +364,16 @@ def test_nan_in_one_plane_names_the_plane():
     x[2, 4, 4] = np.inf
     with pytest.raises(PiddpmError, match=r"plane Z=2"):
         restore(x, axes="ZYX", method="rl", psf=gaussian_psf(5), progress=False, device="cpu")
+
+
+def test_tiling_defaults_come_from_the_model_unless_given(tmp_path):
+    """GroupNorm statistics depend on the tile, so each model carries its measured tiling."""
+    folder = make_model(tmp_path / "m", "unet", restore_defaults={"tile": 48, "overlap": 12})
+    x = np.random.default_rng(3).random((100, 90)).astype(np.float32)
+    kw = dict(model=folder, progress=False, device="cpu")
+    m = restore(x, **kw).metadata
+    assert (m["tile"], m["overlap"]) == (48, 12)
+    m = restore(x, tile=64, **kw).metadata
+    assert (m["tile"], m["overlap"]) == (64, 12)
+    m = restore(x, method="rl", psf=gaussian_psf(), model=None, progress=False).metadata
+    assert (m["tile"], m["overlap"]) == (256, 32)

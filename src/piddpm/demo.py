@@ -689,7 +689,7 @@ def _one_modality(
         res = restore(
             observed, model=entry.name, method=method, psf=psf.astype(np.float32),
             samples=n_samples, steps=n_steps, seed=ctx.seed, device=str(ctx.device),
-            progress=ctx.progress, pixel_size_um=PIXEL_SIZE_UM, tile=min(256, size), overlap=32,
+            progress=ctx.progress, pixel_size_um=PIXEL_SIZE_UM,
         )  # fmt: skip
         runtime = time.perf_counter() - t
         mean = np.asarray(res.mean, np.float64)

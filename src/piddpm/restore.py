@@ -591,6 +591,31 @@ def _schedule_for(entry):
 # --------------------------------------------------------------------------------------
 # the API
 # --------------------------------------------------------------------------------------
+
+#: Tiling used when neither the call nor the model's ``restore_defaults`` give one.
+DEFAULT_TILE = 256
+DEFAULT_OVERLAP = 32
+
+
+def _check_tiling(tile, overlap, shape: tuple[int, int]) -> tuple[int, int]:
+    """Validate ``tile`` / ``overlap`` (pixels) for a plane of ``shape``; returns them as ints."""
+    if isinstance(tile, bool) or int(tile) != tile or tile < 2:
+        raise PiddpmError(f"tile size must be an integer >= 2 pixels, got {tile!r}")
+    tile = int(tile)
+    if isinstance(overlap, int) and overlap >= tile:
+        warnings.warn(
+            f"tile overlap {overlap} px is not smaller than the tile ({tile} px); using "
+            f"{tile // 4} px",
+            UserWarning,
+            stacklevel=3,
+        )
+        overlap = tile // 4
+    from piddpm.tiling import tile_positions
+
+    tile_positions(shape, tile, overlap)  # validates tile / overlap
+    return tile, int(overlap)
+
+
 def restore(
     image,
     model: str | Path | None = "widefield",
@@ -603,8 +628,8 @@ def restore(
     regulariser: str | None = None,
     lam: float | None = None,
     guidance: str | None = None,
-    tile: int = 256,
-    overlap: int = 32,
+    tile: int | None = None,
+    overlap: int | None = None,
     batch_size: int = 4,
     axes: str | None = None,
     seed: int = 0,
@@ -644,8 +669,11 @@ def restore(
         Sampler settings (physics-guidance strength, ``"l1"/"l2"/"none"`` and its weight
         lambda, ``"learned"/"known"/"both"/"none"``, DDIM stochasticity); default: the
         model's ``restore_defaults``, else the sampler's defaults.
-    tile, overlap, batch_size : int
-        Tile side and overlap in pixels (defaults 256 and 32) and tiles per batch (4).
+    tile, overlap : int, optional
+        Tile side and overlap in pixels; default: the model's ``restore_defaults`` (measured
+        for each bundled model: GroupNorm statistics depend on the tile), else 256 and 32.
+    batch_size : int
+        Tiles per batch (4).
     axes : str, optional
         Axes letters (e.g. ``"ZYX"``, ``"TCYX"``); default from the file, else ``YX``,
         ``ZYX``, ``CZYX``, ``TCZYX`` by number of dimensions.
@@ -713,17 +741,12 @@ def restore(
     if isinstance(seed, bool) or int(seed) != seed:
         raise PiddpmError(f"seed must be an integer, got {seed!r}")
     seed = int(seed)
-    if isinstance(tile, bool) or int(tile) != tile or tile < 2:
-        raise PiddpmError(f"tile size must be an integer >= 2 pixels, got {tile!r}")
-    if isinstance(overlap, int) and overlap >= tile:
-        warnings.warn(
-            f"tile overlap {overlap} px is not smaller than the tile ({tile} px); using "
-            f"{tile // 4} px",
-            UserWarning,
-            stacklevel=2,
-        )
-        overlap = tile // 4
-    tile_positions((height, width), tile, overlap)  # validates tile / overlap
+    tile_given, overlap_given = tile, overlap
+    tile, overlap = _check_tiling(
+        DEFAULT_TILE if tile is None else tile,
+        DEFAULT_OVERLAP if overlap is None else overlap,
+        (height, width),
+    )
     for label, value, allowed in (
         ("method", method, METHODS),
         ("sampler", sampler, SAMPLERS),
@@ -863,6 +886,13 @@ def restore(
             else {}
         )
         defaults.update(entry.restore_defaults)
+        if tile_given is None or overlap_given is None:  # the model's measured tiling
+            tile, overlap = _check_tiling(
+                int(defaults.get("tile", tile)) if tile_given is None else tile,
+                int(defaults.get("overlap", overlap)) if overlap_given is None else overlap,
+                (height, width),
+            )
+            meta.update(tile=tile, overlap=overlap)
         if method == "unet":
             if samples > 1:
                 warnings.warn("the U-Net is deterministic: samples > 1 ignored", stacklevel=2)

@@ -59,10 +59,10 @@ def run(args) -> int:
     print(f"method:   {e.method}")
     print(f"modality: {e.modality or 'not stated'}")
     print(f"weights:  {e.weights}")
-    sampler = e.config.get("sampler")
-    if isinstance(sampler, dict) or e.restore_defaults:
-        merged = dict(sampler or {}) | e.restore_defaults
-        print("defaults: " + ", ".join(f"{k}={v}" for k, v in sorted(merged.items())))
+    # what restore uses: the measured restore_defaults, else the training-time sampler
+    defaults = e.restore_defaults or e.config.get("sampler")
+    if isinstance(defaults, dict) and defaults:
+        print("defaults: " + ", ".join(f"{k}={v}" for k, v in sorted(defaults.items())))
     print()
     print(e.card.rstrip() if e.card else "(this model has no MODEL_CARD.md)")
     return 0

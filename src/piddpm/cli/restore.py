@@ -8,8 +8,8 @@ DESCRIPTION = """\
 Restore a fluorescence image with a bundled or trained model, or with Richardson-Lucy.
 
 Stacks (Z), channels (C) and time series (T) are restored plane by plane; any image size
-is cut into overlapping tiles that are blended without seams. Each plane is mapped from its
-0.1 and 99.9 percentiles to [-1, 1] for the model and back afterwards, so the output is in
+is cut into overlapping tiles that are blended without seams. Each plane is mapped from the
+percentiles the model was trained with (its ``percentiles``; default 0.1 and 99.9) to [-1, 1] for the model and back afterwards, so the output is in
 the input's intensity units (see docs/restore.md for what that means for comparisons).
 The output is a float32 OME-TIFF (or OME-Zarr for Zarr input or a .zarr output path) with
 the input's axes, shape and pixel size, and metadata stating how it was made.
@@ -136,8 +136,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "the model's",
     )
     t = p.add_argument_group("tiling and execution")
-    t.add_argument("--tile", type=int, default=256, help="tile side, pixels")
-    t.add_argument("--overlap", type=int, default=32, help="overlap between tiles, pixels")
+
+    t.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        help="tile side, pixels (default: the model's measured setting, else 256)",
+    )
+    t.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        help="overlap between tiles, pixels (default: the model's setting, else 32)",
+    )
     t.add_argument("--batch", type=int, default=4, help="tiles per batch (count)")
     t.add_argument(
         "--axes",

@@ -207,7 +207,7 @@ def run_method(
     rl_iterations: int | None = None,
     seed: int = 0,
     device: str = "cpu",
-    tile: int = 256,
+    tile: int | None = None,
 ) -> MethodOutput:
     """Restore one observation ``(H, W)`` with a plan; times the call (seconds, wall)."""
     from piddpm.restore import restore
@@ -215,7 +215,9 @@ def run_method(
     obs = np.ascontiguousarray(observed, dtype=np.float32)
     if plan.method == "input":
         return MethodOutput(mean=obs.copy(), std=None, seconds=0.0, settings={})
-    common = dict(psf=psf, tile=tile, overlap=max(16, tile // 8), device=device, seed=seed,
+    # tile None: each model's own measured tiling (restore_defaults), 256 / 32 for RL
+    overlap = None if tile is None else max(16, tile // 8)
+    common = dict(psf=psf, tile=tile, overlap=overlap, device=device, seed=seed,
                   progress=False, residual=False)  # fmt: skip
     if plan.method == "rl":
         if rl_iterations is None:

@@ -8,7 +8,8 @@ A bundled model is a folder ``src/piddpm/models/<name>/`` holding
   ``modality`` (``"widefield"`` / ``"confocal"``), ``aliases`` (extra names),
   ``description`` (one line) and ``restore_defaults`` (the settings
   :func:`piddpm.restore` uses when the caller leaves them unset: ``sampler``, ``steps``,
-  ``eta``, ``eta_ddim``, ``regulariser``, ``lam``, ``guidance``),
+  ``eta``, ``eta_ddim``, ``regulariser``, ``lam``, ``guidance``, ``percentiles``; and the
+  recommended ``tile`` / ``overlap`` in pixels, measured by ``scripts/bundle_model.py``),
 - ``MODEL_CARD.md``: what it was trained on, how well it does, where it fails.
 
 Short names map to folders: ``widefield`` -> ``pi-ddpm-widefield``, ``confocal`` ->
@@ -175,7 +176,10 @@ def _bundled_folders() -> list[Path]:
     return sorted(
         p
         for p in MODELS_DIR.iterdir()
-        if p.is_dir() and (p / "model.json").is_file() and (p / "model.safetensors").is_file()
+        if p.is_dir()
+        and not p.name.startswith((".", "_"))  # temporary / cache folders are never models
+        and (p / "model.json").is_file()
+        and (p / "model.safetensors").is_file()
     )
 
 

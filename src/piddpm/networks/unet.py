@@ -373,8 +373,8 @@ class UNet(nn.Module):
         return crop_padding(x, info)
 
     def num_parameters(self) -> int:
-        """Number of trainable parameters."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        """Number of parameters (all of them: an EMA copy has ``requires_grad`` off)."""
+        return sum(p.numel() for p in self.parameters())
 
 
 def build_unet(

@@ -1,0 +1,269 @@
+"""The bundled models (``src/piddpm/models/<name>/``) and the script that makes them.
+
+For every model the registry lists: its weights load with its configuration, its card
+exists and states its training steps, modality and limits, its ``restore_defaults`` are
+accepted by :func:`piddpm.restore.restore`, and it restores a small synthetic observation of
+its modality to a finite image of the input's shape; (slow) it beats the raw input in PSNR
+on held-out synthetic pairs. Without bundled models these tests skip with a message.
+
+``scripts/bundle_model.py`` itself is tested on a model exported (with
+:func:`piddpm.training.export_model`) from an untrained tiny network into a temporary
+registry, so that part runs without any bundled model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from piddpm import PiddpmError
+from piddpm.models import MODELS_DIR, list_models, resolve_model
+
+REPO = Path(__file__).resolve().parents[1]
+#: Held-out pairs for the slow quality test: not the training seed (0), the validation seed
+#: (12345), the tuning seed (777) or the model card's evaluation seed.
+HELD_OUT_SEED = 4242
+#: Largest acceptable bundle (weights + JSON + card), MiB.
+MAX_BUNDLE_MB = 8.0
+
+_NO_MODELS = (
+    f"no bundled models in {MODELS_DIR} (bundle one with scripts/bundle_model.py); "
+    "bundled-model checks skipped"
+)
+_NAMES = [e.name for e in list_models()]
+_PARAMS = _NAMES or [pytest.param(None, marks=pytest.mark.skip(reason=_NO_MODELS))]
+#: Input/output channels and conditioning a network of each method must have (the methods'
+#: contract in docs/architecture.md: pi-ddpm predicts noise and the physics gradient).
+_CHANNELS = {"pi-ddpm": (2, 2, True), "ddpm": (2, 1, True), "unet": (1, 1, False)}
+
+
+def _synthetic(modality: str, size: int, n: int, seed: int):
+    """``n`` synthetic (observed, gt, psf) of the model's modality (paper's ranges)."""
+    from piddpm.data import MicroscopeRanges, PairedDataset
+
+    ranges = MicroscopeRanges(confocal_probability=1.0 if modality == "confocal" else 0.0)
+    ds = PairedDataset(size=size, length=n, ranges=ranges, seed=seed, n_kernels=n)
+    return [ds[i] for i in range(n)]
+
+
+def _psnr(est: np.ndarray, gt: np.ndarray) -> float:
+    from piddpm.metrics import psnr
+
+    return float(psnr(est.astype(np.float64), gt.astype(np.float64)))
+
+
+def _restore_kwargs(entry) -> dict:
+    """``tile``/``overlap`` are recommendations that restore does not read from the model."""
+    d = entry.restore_defaults
+    return {k: int(d[k]) for k in ("tile", "overlap") if k in d}
+
+
+# ------------------------------------------------------------------- bundled models
+
+
+@pytest.mark.parametrize("name", _PARAMS)
+def test_weights_load_and_match_the_method(name):
+    from piddpm.models import load_bundled
+
+    net, entry = load_bundled(name)
+    assert entry.bundled and entry.weights.parent == MODELS_DIR / name
+    cin, cout, cond = _CHANNELS[entry.method]
+    assert (net.in_channels, net.out_channels, net.conditioned) == (cin, cout, cond)
+    from safetensors import safe_open
+
+    with safe_open(str(entry.weights), framework="pt") as fh:
+        stored = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118
+    assert stored == {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    assert json.loads(entry.config_path.read_text())["network"] == net.config
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    size_mb = sum(p.stat().st_size for p in entry.weights.parent.iterdir()) / 2**20
+    assert size_mb < MAX_BUNDLE_MB, f"{name} bundle is {size_mb:.1f} MiB"
+    for alias in entry.aliases:
+        assert resolve_model(alias).name == name
+
+
+@pytest.mark.parametrize("name", _PARAMS)
+def test_card_names_steps_modality_and_limits(name):
+    entry = resolve_model(name)
+    assert entry.card_path is not None, f"{name} has no MODEL_CARD.md"
+    card = entry.card
+    steps = entry.config["training"]["steps"]
+    assert isinstance(steps, int) and steps > 0
+    assert f"Training steps: {steps} " in card
+    assert entry.modality in ("widefield", "confocal")
+    assert f"modality: **{entry.modality}**" in card
+    limits = card.split("## Intended use and limits", 1)
+    assert len(limits) == 2, "card lacks the 'Intended use and limits' section"
+    for phrase in ("not a production model", "2D only", "Synthetic data only", "Nyquist"):
+        assert phrase in card, f"card of {name} does not mention {phrase!r}"
+    assert "## Held-out evaluation" in card and "| raw input |" in card
+    assert entry.summary and entry.config.get("description")
+
+
+@pytest.mark.parametrize("name", _PARAMS)
+def test_restore_defaults_are_valid(name):
+    from piddpm.restore import GUIDANCES, REGULARISERS, SAMPLERS, _schedule_for
+
+    entry = resolve_model(name)
+    d = entry.restore_defaults
+    allowed = {"sampler", "steps", "eta", "eta_ddim", "regulariser", "lam", "guidance"}
+    allowed |= {"percentiles", "tile", "overlap"}
+    assert set(d) <= allowed, f"unknown restore_defaults keys {set(d) - allowed}"
+    if entry.method == "unet":
+        assert set(d) <= {"percentiles", "tile", "overlap"}
+    else:
+        assert d.get("sampler", "ddim") in SAMPLERS
+        assert d.get("regulariser", "l1") in REGULARISERS
+        guid = d.get("guidance", "none")
+        assert guid in GUIDANCES and guid != "known" and guid != "both"  # no PSF by default
+        if entry.method != "pi-ddpm":
+            assert guid == "none"
+        steps = d.get("steps", 20)
+        assert isinstance(steps, int) and 1 <= steps <= _schedule_for(entry).T
+        for key in ("eta", "eta_ddim", "lam"):
+            assert math.isfinite(d.get(key, 0.0)) and d.get(key, 0.0) >= 0
+    lo, hi = d.get("percentiles", [0.1, 99.9])
+    assert 0 <= lo < hi <= 100
+    if "tile" in d:
+        assert d["tile"] % 16 == 0 and 0 <= d.get("overlap", 0) < d["tile"]
+
+
+@pytest.mark.parametrize("name", _PARAMS)
+def test_restores_a_synthetic_observation(name):
+    """By registry name, with the model's defaults: a finite, non-constant float32 image of
+    the input's (odd, non-square) shape, not the input returned."""
+    from piddpm.restore import restore
+
+    entry = resolve_model(name)
+    item = _synthetic(entry.modality, 64, 1, seed=HELD_OUT_SEED)[0]
+    obs = (item["observed"][0, :61, :50].numpy() + 1.0) * 500.0  # camera-like units
+    res = restore(obs, model=name, seed=0, device="cpu", progress=False, **_restore_kwargs(entry))
+    assert res.mean.shape == obs.shape and res.mean.dtype == np.float32
+    assert np.isfinite(res.mean).all()
+    assert res.metadata["model"] == name
+    assert float(res.mean.std()) > 0
+    assert not np.allclose(res.mean, obs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _PARAMS)
+def test_beats_the_raw_input_on_held_out_pairs(name):
+    from piddpm.restore import restore
+
+    entry = resolve_model(name)
+    items = _synthetic(entry.modality, 128, 6, seed=HELD_OUT_SEED)
+    gains = []
+    for i, it in enumerate(items):
+        obs, gt = it["observed"][0].numpy(), it["gt"][0].numpy()
+        res = restore(
+            obs, model=name, seed=i, device="cpu", progress=False, **_restore_kwargs(entry)
+        )
+        gains.append(_psnr(np.asarray(res.mean), gt) - _psnr(obs, gt))
+    assert np.mean(gains) > 0.5, f"{name}: PSNR gain over the input per pair {gains}"
+    assert sum(g > 0 for g in gains) >= 4, f"{name}: PSNR gain over the input per pair {gains}"
+
+
+# ------------------------------------------------------------------ the bundling script
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location(
+        "bundle_model", REPO / "scripts" / "bundle_model.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def fake_run(tmp_path_factory):
+    """A run folder as ``piddpm train`` leaves it: config.json, log.csv, val.csv and
+    model.safetensors + model.json (an untrained tiny PI-DDPM, exported by the training
+    module), plus a checkpoint."""
+    from piddpm import training
+    from piddpm.config import load_config, save_config
+
+    run = tmp_path_factory.mktemp("run") / "tiny-pi-ddpm-widefield"
+    cfg = load_config(REPO / "configs" / "tiny-pi-ddpm-widefield.yaml")
+    torch.manual_seed(0)
+    net = training.build_network(cfg)
+    ema = training.EMA(net, cfg.ema_decay, cfg.ema_warmup)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    run.mkdir(parents=True)
+    save_config(cfg, run / "config.json")
+    training.save_checkpoint(
+        run / "checkpoints" / "step_0000040",
+        net=net, ema=ema, optimizer=opt, scaler=None, step=40, config=cfg,
+    )  # fmt: skip
+    (run / "log.csv").write_text(
+        "step,loss,lr,images_per_s,time_s\n20,1.05,2e-05,5.0,30.0\n40,0.90,4e-05,5.5,61.0\n"
+    )
+    (run / "val.csv").write_text(
+        "step,psnr_db,input_psnr_db,num_samples,seconds\n40,12.5,20.0,4,3.0\n"
+    )
+    training.export_model(
+        run / "model", ema.module, cfg, steps=40, hardware={"torch": torch.__version__}
+    )
+    return run
+
+
+def test_bundle_script_writes_a_registry_model(fake_run, tmp_path, monkeypatch):
+    import piddpm.models as reg
+
+    bm = _script()
+    root = tmp_path / "models"
+    defaults = {"steps": 2, "guidance": "none", "tile": 64, "overlap": 16}
+    folder = bm.bundle(
+        fake_run, "pi-ddpm-widefield", aliases=("wf-test",), restore_defaults=defaults,
+        eval_n=2, dest_root=root, log=lambda *_: None,
+    )  # fmt: skip
+    assert folder == root / "pi-ddpm-widefield"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "MODEL_CARD.md",
+        "model.json",
+        "model.safetensors",
+    ]
+    assert (folder / "model.safetensors").read_bytes() == (
+        fake_run / "model.safetensors"
+    ).read_bytes()
+    monkeypatch.setattr(reg, "MODELS_DIR", root)
+    (entry,) = reg.list_models()
+    assert entry.name == "pi-ddpm-widefield" and entry.modality == "widefield"
+    assert set(entry.aliases) == {"widefield", "wf-test"}
+    assert reg.resolve_model("wf-test").name == entry.name
+    assert entry.restore_defaults == defaults
+    card = entry.card
+    assert "Training steps: 40 " in card and "| 40 | 12.50 | 20.00 | -7.50 |" in card
+    assert "2 synthetic widefield pairs of 128 x 128 px" in card
+    for row in ("| raw input |", "| Richardson-Lucy", "| pi-ddpm-widefield (restore defaults)"):
+        assert row in card
+    with pytest.raises(PiddpmError, match="exists; pass --overwrite"):
+        bm.bundle(fake_run, "pi-ddpm-widefield", eval_n=0, dest_root=root, log=lambda *_: None)
+
+
+def test_bundle_script_from_checkpoint_and_bad_input(fake_run, tmp_path):
+    from piddpm.training import load_trained
+
+    bm = _script()
+    folder = bm.bundle(
+        fake_run, "ckpt", from_checkpoint=True, eval_n=0, dest_root=tmp_path,
+        log=lambda *_: None,
+    )  # fmt: skip
+    net, info = load_trained(folder / "model.safetensors")
+    ref, _ = load_trained(fake_run / "model.safetensors")  # the same EMA weights
+    for (k, a), (_, b) in zip(net.state_dict().items(), ref.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    assert info["training"]["steps"] == 40 and info["exported_from_checkpoint"]
+    with pytest.raises(PiddpmError, match="guidance = 'learned' is not valid"):
+        bm.validate_defaults({"guidance": "learned"}, "ddpm")
+    with pytest.raises(PiddpmError, match="unknown key"):
+        bm.validate_defaults({"num_step": 3}, "pi-ddpm")
+    with pytest.raises(PiddpmError, match="has no final model"):
+        bm.export_weights(tmp_path, tmp_path / "x", from_checkpoint=False)
+    assert bm.main([str(tmp_path / "missing"), "--name", "a", "--dest", str(tmp_path)]) == 2
