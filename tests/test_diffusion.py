@@ -68,7 +68,9 @@ def gaussian_psf(size: int, sigma_px: float, batch: int = 1) -> torch.Tensor:
 def blobs(batch: int, size: int, seed: int) -> torch.Tensor:
     """Random sharp discs on a dark background in [-1, 1] (B, 1, size, size)."""
     g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=DT), torch.arange(size, dtype=DT), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(size, dtype=DT), torch.arange(size, dtype=DT), indexing="ij"
+    )
     img = torch.zeros(batch, 1, size, size, dtype=DT)
     for b in range(batch):
         for _ in range(6):
@@ -83,10 +85,13 @@ class OracleFromY0(torch.nn.Module):
 
     downsample_factor = 1
 
-    def __init__(self, r0: torch.Tensor, physics: tuple | None = None) -> None:
+    def __init__(
+        self, r0: torch.Tensor, physics: tuple | None = None, matched: bool = True
+    ) -> None:
         super().__init__()
         self.r0 = r0
         self.physics = physics  # (x, x_clean, psf): emit g_hat = target at y_t
+        self.matched = matched
         self.in_channels = 2
         self.out_channels = 2 if physics else 1
 
@@ -99,7 +104,8 @@ class OracleFromY0(torch.nn.Module):
             return eps
         x, x_clean, psf = self.physics
         y_t = r + g.sqrt() * inp[:, 1:]
-        target = physics_target(y_t, x_clean.repeat_interleave(r.shape[0] // x_clean.shape[0], 0), psf)
+        ref = x_clean.repeat_interleave(r.shape[0] // x_clean.shape[0], 0)
+        target = physics_target(y_t, g.sqrt() * ref if self.matched else ref, psf)
         return torch.cat([eps, target / rms(target)], dim=1)
 
 
@@ -132,7 +138,9 @@ def test_schedule_gamma_is_the_running_product_of_alphas(sched):
     for i in range(sched.T):
         prod *= 1.0 - sched.betas[i].item()
         assert sched.gammas[i].item() == pytest.approx(prod, rel=1e-12)
-        assert sched.gammas_prev[i].item() == pytest.approx(prod / (1.0 - sched.betas[i].item()), rel=1e-12)
+        assert sched.gammas_prev[i].item() == pytest.approx(
+            prod / (1.0 - sched.betas[i].item()), rel=1e-12
+        )
     assert sched.gammas_prev[0].item() == 1.0  # gamma_0 = 1
     assert sched.T == sched.betas.numel() and sched.gammas.dtype == torch.float64
 
@@ -179,7 +187,9 @@ def test_cosine_schedule_endpoints_and_closed_form():
 
 def test_linear_schedule_endpoints_and_config_round_trip():
     sched = linear_schedule(200, 1e-4, 3e-2)
-    assert sched.betas[0].item() == pytest.approx(1e-4) and sched.betas[-1].item() == pytest.approx(3e-2)
+    assert sched.betas[0].item() == pytest.approx(1e-4) and sched.betas[-1].item() == pytest.approx(
+        3e-2
+    )
     for s in (sched, cosine_schedule(100, 0.01)):
         again = schedule_from_config(s.config)
         torch.testing.assert_close(again.betas, s.betas, rtol=0, atol=0)
@@ -212,8 +222,12 @@ def test_forward_noising_has_the_right_mean_and_variance():
     eps = torch.randn(20000, 1, 1, 7, generator=gen, dtype=DT)
     r_t = q_sample(r0.expand(20000, 1, 1, 7), gamma, eps)
     # standard error of the mean: sqrt(0.7 / 20000) = 0.006
-    torch.testing.assert_close(r_t.mean(0).flatten(), math.sqrt(0.3) * r0.flatten(), atol=0.025, rtol=0)
-    torch.testing.assert_close(r_t.var(0).flatten(), torch.full((7,), 0.7, dtype=DT), atol=0.03, rtol=0)
+    torch.testing.assert_close(
+        r_t.mean(0).flatten(), math.sqrt(0.3) * r0.flatten(), atol=0.025, rtol=0
+    )
+    torch.testing.assert_close(
+        r_t.var(0).flatten(), torch.full((7,), 0.7, dtype=DT), atol=0.03, rtol=0
+    )
 
 
 def test_continuous_noise_levels_cover_each_step_interval_uniformly():
@@ -248,31 +262,56 @@ def _training_pair(size=16, batch=3, seed=0):
     gt = blobs(batch, size, seed)
     psf = gaussian_psf(7, 1.5, batch)
     clean = roll_blur(gt, psf)
-    noise = 0.05 * torch.randn(gt.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=DT)
+    noise = 0.05 * torch.randn(
+        gt.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=DT
+    )
     return gt, clean + noise, clean, psf
 
 
-def test_loss_vanishes_for_the_oracle_and_uses_the_sampling_convention_for_y_t():
+@pytest.mark.parametrize("reference", ["matched", "unscaled"])
+def test_loss_vanishes_for_the_oracle_and_uses_the_sampling_convention_for_y_t(reference):
     gt, obs, clean, psf = _training_pair()
-    net = OracleFromY0(gt - obs, physics=(obs, clean, psf))
-    loss, logs = diffusion_loss(
-        net, gt, obs, clean, psf, cosine_schedule(100), method="pi-ddpm", generator=torch.Generator().manual_seed(2)
-    )
-    # eps is reconstructed exactly, and g_hat = rms-normalised 2 A^T(A y_t - x_clean) with
-    # y_t = r_t + sqrt(gamma) x matches the loss's target
+    matched = reference == "matched"
+    net = OracleFromY0(gt - obs, physics=(obs, clean, psf), matched=matched)
+
+    def run(ref):
+        return diffusion_loss(
+            net,
+            gt,
+            obs,
+            clean,
+            psf,
+            cosine_schedule(100),
+            physics_reference=ref,
+            generator=torch.Generator().manual_seed(2),
+        )
+
+    loss, logs = run(reference)
+    # eps is reconstructed exactly, and g_hat = rms-normalised 2 A^T (A y_t - c x_clean) with
+    # y_t = r_t + sqrt(gamma) x (c = sqrt(gamma) matched, 1 unscaled) matches the target ...
     assert logs["loss_eps"] < 1e-16 and logs["loss_phys"] < 1e-16 and loss.item() < 1e-16
+    # ... and the other convention does not
+    assert run("unscaled" if matched else "matched")[1]["loss_phys"] > 1e-3
     # a network that is wrong about the physics is penalised with weight w
     bad = OracleFromY0(gt - obs, physics=(obs, -clean, psf))
-    loss_b, logs_b = diffusion_loss(bad, gt, obs, clean, psf, cosine_schedule(100), physics_weight=0.5)
-    assert logs_b["loss_phys"] > 0.1 and loss_b.item() == pytest.approx(0.5 * logs_b["loss_phys"], rel=1e-6)
+    loss_b, logs_b = diffusion_loss(
+        bad, gt, obs, clean, psf, cosine_schedule(100), physics_weight=0.5
+    )
+    assert logs_b["loss_phys"] > 0.1 and loss_b.item() == pytest.approx(
+        0.5 * logs_b["loss_phys"], rel=1e-6
+    )
 
 
 def test_loss_ddpm_direct_target_and_errors():
     gt, obs, clean, psf = _training_pair()
     net = OracleFromY0(gt)  # target="direct" diffuses y0 itself
-    _, logs = diffusion_loss(net, gt, obs, None, None, linear_schedule(50), method="ddpm", target="direct")
+    _, logs = diffusion_loss(
+        net, gt, obs, None, None, linear_schedule(50), method="ddpm", target="direct"
+    )
     assert logs["loss_eps"] < 1e-16 and logs["loss_phys"] == 0.0
-    _, logs_wrong = diffusion_loss(net, gt, obs, None, None, linear_schedule(50), method="ddpm", target="residual")
+    _, logs_wrong = diffusion_loss(
+        net, gt, obs, None, None, linear_schedule(50), method="ddpm", target="residual"
+    )
     assert logs_wrong["loss_eps"] > 1e-3
     with pytest.raises(PiddpmError, match="2 output channels"):
         diffusion_loss(net, gt, obs, clean, psf, linear_schedule(50), method="pi-ddpm")
@@ -318,14 +357,38 @@ def test_ddpm_and_ddim_with_an_oracle_return_y0():
     gt, obs, _, _ = _training_pair(size=12, batch=2)
     net = OracleFromY0(gt - obs)
     gen = torch.Generator().manual_seed(0)
-    out = ddpm_sample(net, obs, linear_schedule(200), regulariser=None, guidance="none", generator=gen, num_samples=2)
+    out = ddpm_sample(
+        net,
+        obs,
+        linear_schedule(200),
+        regulariser=None,
+        guidance="none",
+        generator=gen,
+        num_samples=2,
+    )
     assert isinstance(out, SampleResult) and out.samples.shape == (2, 2, 1, 12, 12)
     torch.testing.assert_close(out.mean, gt, atol=1e-9, rtol=0)
     for steps in (1, 7, 50):
-        out = ddim_sample(net, obs, cosine_schedule(500), num_steps=steps, regulariser=None, guidance="none", generator=gen)
+        out = ddim_sample(
+            net,
+            obs,
+            cosine_schedule(500),
+            num_steps=steps,
+            regulariser=None,
+            guidance="none",
+            generator=gen,
+        )
         torch.testing.assert_close(out.mean, gt, atol=1e-9, rtol=0)
     # stochastic DDIM with the oracle is still exact
-    out = ddim_sample(net, obs, cosine_schedule(500), num_steps=10, eta_ddim=1.0, regulariser=None, guidance="none")
+    out = ddim_sample(
+        net,
+        obs,
+        cosine_schedule(500),
+        num_steps=10,
+        eta_ddim=1.0,
+        regulariser=None,
+        guidance="none",
+    )
     torch.testing.assert_close(out.mean, gt, atol=1e-9, rtol=0)
 
 
@@ -333,7 +396,14 @@ def test_ddpm_with_the_exact_gaussian_predictor_samples_that_gaussian():
     mu, sd = 0.5, 0.3
     obs = torch.zeros(4, 1, 64, 64, dtype=DT)  # x = 0: r0 = y0 ~ N(mu, sd^2)
     gen = torch.Generator().manual_seed(0)
-    out = ddpm_sample(GaussianOracle(mu, sd), obs, linear_schedule(200), regulariser=None, guidance="none", generator=gen)
+    out = ddpm_sample(
+        GaussianOracle(mu, sd),
+        obs,
+        linear_schedule(200),
+        regulariser=None,
+        guidance="none",
+        generator=gen,
+    )
     # 16384 pixels: standard errors 0.0023 (mean), 0.0017 (sd); the 200-step chain is
     # slightly under-dispersed (measured 0.291)
     assert out.mean.mean().item() == pytest.approx(mu, abs=0.01)
@@ -376,7 +446,10 @@ def test_ddim_eta0_is_deterministic_but_ddpm_and_ddim_eta1_are_not():
     a, b = run(ddim_sample, 1, num_steps=5), run(ddim_sample, 2, num_steps=5)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert (run(ddpm_sample, 1) - run(ddpm_sample, 2)).abs().max() > 1e-3
-    assert (run(ddim_sample, 1, num_steps=5, eta_ddim=1.0) - run(ddim_sample, 2, num_steps=5, eta_ddim=1.0)).abs().max() > 1e-3
+    assert (
+        run(ddim_sample, 1, num_steps=5, eta_ddim=1.0)
+        - run(ddim_sample, 2, num_steps=5, eta_ddim=1.0)
+    ).abs().max() > 1e-3
 
 
 def test_samples_are_independent_and_give_a_spread():
@@ -385,7 +458,14 @@ def test_samples_are_independent_and_give_a_spread():
     torch.manual_seed(0)
     net = build_unet("tiny", base_channels=8, channel_mults=(1, 2), out_channels=1).eval()
     obs = torch.randn(2, 1, 10, 14)  # odd-ish size: padded to the net's factor and cropped
-    out = ddim_sample(net, obs, linear_schedule(20), num_steps=4, num_samples=3, generator=torch.Generator().manual_seed(0))
+    out = ddim_sample(
+        net,
+        obs,
+        linear_schedule(20),
+        num_steps=4,
+        num_samples=3,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.samples.shape == (2, 3, 1, 10, 14) and out.mean.shape == (2, 1, 10, 14)
     torch.testing.assert_close(out.mean, out.samples.mean(1))
     torch.testing.assert_close(out.std, out.samples.std(1))
@@ -394,7 +474,8 @@ def test_samples_are_independent_and_give_a_spread():
 
 class WidePrior(torch.nn.Module):
     """Exact MMSE predictor for r0 ~ N(0, sd^2) (y0 scattered around x), optionally with a
-    perfectly learned physics channel g_hat = 2 A^T (A y_t - x_clean) at the current state."""
+    perfectly learned physics channel g_hat = 2 A^T (A y_t - sqrt(gamma) x_clean) at the
+    current state (the default "matched" training target)."""
 
     in_channels, downsample_factor = 2, 1
 
@@ -410,7 +491,11 @@ class WidePrior(torch.nn.Module):
         if self.physics is None:
             return eps
         x_clean, psf = self.physics
-        return torch.cat([eps, physics_target(r + g.sqrt() * inp[:, 1:], x_clean, psf)], dim=1)
+        y_t = r + g.sqrt() * inp[:, 1:]
+        return torch.cat([eps, physics_target(y_t, g.sqrt() * x_clean, psf)], dim=1)
+
+
+SD = 0.3  # spread of the prior around x in the guidance tests
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim50", "ddim10", "ddim3"])
@@ -420,14 +505,16 @@ def test_physics_guidance_moves_samples_towards_data_consistency(sampler, guidan
     # consistency gradient (from the PSF, or a perfectly learned g_hat) must reduce ||A y - x||
     # and the error to y0 compared with unguided sampling from the same noise, for the
     # ancestral sampler and for DDIM. Learned guidance is evaluated at the noisy state, a poor
-    # clean-space direction when a DDIM jump is long: at 3 steps it must merely not collapse.
+    # clean-space direction when a DDIM jump is long: at 3 steps it must merely not hurt.
     gt = blobs(2, 32, seed=4)
     psf = gaussian_psf(9, 1.5, 2)
     x = roll_blur(gt, psf)
 
     def run(guide):
-        net = WidePrior(0.3, physics=(x, psf) if guide == "learned" else None)
-        kw = dict(regulariser=None, guidance=guide, psf=psf, generator=torch.Generator().manual_seed(0))
+        net = WidePrior(SD, physics=(x, psf) if guide == "learned" else None)
+        kw = dict(
+            regulariser=None, guidance=guide, psf=psf, generator=torch.Generator().manual_seed(0)
+        )
         if sampler == "ddpm":
             return ddpm_sample(net, x, linear_schedule(200), **kw).mean
         return ddim_sample(net, x, linear_schedule(200), num_steps=int(sampler[4:]), **kw).mean
@@ -440,7 +527,7 @@ def test_physics_guidance_moves_samples_towards_data_consistency(sampler, guidan
 
     plain, guided = run("none"), run(guidance)
     if guidance == "learned" and sampler == "ddim3":
-        assert misfit(guided) < 2 * misfit(plain) and error(guided) < 1.1 * error(plain)
+        assert misfit(guided) < misfit(plain) and error(guided) < error(plain)
     else:
         assert misfit(guided) < 0.8 * misfit(plain), (misfit(guided), misfit(plain))
         assert error(guided) < error(plain), (error(guided), error(plain))
@@ -481,7 +568,14 @@ def test_ddim_learned_correction_total_hardly_depends_on_the_number_of_steps():
     integral = learned_clean_scale(10.0) * (1 - sched.gammas[-1].item() ** 2) / 2
     for steps in (25, 50, 200):
         out = ddim_sample(
-            ConstantG(), x, sched, num_steps=steps, regulariser=None, guidance="learned", eta=10.0, initial_noise=x
+            ConstantG(),
+            x,
+            sched,
+            num_steps=steps,
+            regulariser=None,
+            guidance="learned",
+            eta=10.0,
+            initial_noise=x,
         )
         assert out.mean.std().item() < 1e-12
         assert -out.mean.mean().item() == pytest.approx(integral, rel=0.06), steps
@@ -492,7 +586,9 @@ def test_regulariser_shrinks_the_residual():
     net = OracleFromY0(gt - obs)
     kw = dict(guidance="none", generator=torch.Generator().manual_seed(0))
     plain = ddim_sample(net, obs, linear_schedule(200), num_steps=10, regulariser=None, **kw).mean
-    l1 = ddim_sample(net, obs, linear_schedule(200), num_steps=10, regulariser="l1", lam=0.1, **kw).mean
+    l1 = ddim_sample(
+        net, obs, linear_schedule(200), num_steps=10, regulariser="l1", lam=0.1, **kw
+    ).mean
     assert (l1 - obs).abs().sum() < (plain - obs).abs().sum()
 
 
@@ -541,16 +637,21 @@ def test_tiny_pi_ddpm_overfits_one_pair_far_better_than_its_observation():
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     sched = cosine_schedule(1000)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(400):
+    for _ in range(300):
         loss, _ = diffusion_loss(net, gt8, obs8, clean8, psf8, sched, generator=gen)
         opt.zero_grad()
         loss.backward()
         opt.step()
     net.eval()
-    out = ddim_sample(net, obs, linear_schedule(200), num_steps=20, generator=torch.Generator().manual_seed(1))
 
     def psnr(a):  # data range 2 (model units [-1, 1])
         return 10 * math.log10(4 / (a - gt).square().mean().item())
 
-    gain = psnr(out.mean) - psnr(obs)
-    assert gain > 3.0, f"PSNR gain {gain:.2f} dB (observation {psnr(obs):.2f} dB)"
+    # defaults: learned physics guidance + L1 regulariser; measured gains ~10 dB
+    ddim = ddim_sample(
+        net, obs, linear_schedule(200), num_steps=20, generator=torch.Generator().manual_seed(1)
+    )
+    ddpm = ddpm_sample(net, obs, linear_schedule(200), generator=torch.Generator().manual_seed(1))
+    for name, out in (("DDIM-20", ddim), ("DDPM-200", ddpm)):
+        gain = psnr(out.mean) - psnr(obs)
+        assert gain > 3.0, f"{name}: PSNR gain {gain:.2f} dB (observation {psnr(obs):.2f} dB)"

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from piddpm import PiddpmError
-from piddpm.networks import PRESETS, UNet, build_unet, crop_padding, load_model, pad_to_multiple, save_model
+from piddpm.networks import (
+    PRESETS,
+    UNet,
+    build_unet,
+    crop_padding,
+    load_model,
+    pad_to_multiple,
+    save_model,
+)
 
 
 def small_net(**kw) -> UNet:
@@ -28,10 +36,14 @@ def test_pad_to_multiple_round_trip_for_odd_sizes(shape):
 
 
 def test_reflect_padding_mirrors_the_border():
-    x = torch.arange(6.0).reshape(1, 1, 1, 6).expand(1, 1, 4, 6)  # width 6 -> 8: one column each side
+    x = (
+        torch.arange(6.0).reshape(1, 1, 1, 6).expand(1, 1, 4, 6)
+    )  # width 6 -> 8: one column each side
     padded, info = pad_to_multiple(x, 4)
     assert info == (0, 0, 1, 1)
-    assert padded[0, 0, 0, 0].item() == 1.0 and padded[0, 0, 0, -1].item() == 4.0  # reflect, not repeat
+    assert (
+        padded[0, 0, 0, 0].item() == 1.0 and padded[0, 0, 0, -1].item() == 4.0
+    )  # reflect, not repeat
 
 
 def test_network_shapes_for_odd_sizes_via_padding():

@@ -5,9 +5,10 @@ Notation of ``MATH.md``: ``x`` observation, ``y0`` ground truth, ``x_clean = A y
 with ``target="direct"`` it is ``y0`` itself. Either way the noisy image is
 ``y_t = sqrt(gamma) y0 + sqrt(1 - gamma) eps`` and the network sees ``concat(r_t, x)``.
 
-Physics target normalisation (used identically by the samplers, which only use its
-direction): ``g = 2 A^T (A y_t - x_clean)`` is divided per image by its root-mean-square,
-so the network learns a unit-rms field whose direction is the data-consistency gradient.
+Physics target (``docs/diffusion.md``): ``g = 2 A^T (A y_t - sqrt(gamma) x_clean)`` by
+default (``physics_reference="matched"``: the misfit compared at the signal scale of
+``y_t``), divided per image by its root-mean-square, so the network learns a unit-rms field
+whose direction is the data-consistency gradient; the samplers use only that direction.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from piddpm.diffusion.schedules import Schedule
 Method = Literal["pi-ddpm", "ddpm"]
 Target = Literal["residual", "direct"]
 PhysicsNorm = Literal["rms", "none"]
+PhysicsReference = Literal["unscaled", "matched"]
 SupervisedKind = Literal["mse", "l1"]
 
 __all__ = [
@@ -98,6 +100,7 @@ def diffusion_loss(
     physics_weight: float = 0.01,
     target: Target = "residual",
     physics_norm: PhysicsNorm = "rms",
+    physics_reference: PhysicsReference = "matched",
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """One Monte-Carlo estimate of the DDPM or PI-DDPM training loss (Algorithm 1).
@@ -121,6 +124,13 @@ def diffusion_loss(
         Diffuse ``r0 = y0 - x`` (default) or ``y0``.
     physics_norm : {"rms", "none"}
         ``g`` divided per image by its rms (default; use the same at sampling) or raw.
+    physics_reference : {"unscaled", "matched"}
+        ``"matched"`` (default): ``g = 2 A^T (A y_t - sqrt(gamma) x_clean)``, the gradient of
+        the misfit at the signal scale of ``y_t``; ``"unscaled"`` (``MATH.md`` read literally):
+        ``g = 2 A^T (A y_t - x_clean)``, dominated at high noise by the brightness term
+        ``2 (sqrt(gamma) - 1) A^T x_clean``, which made learned guidance push samples towards
+        full brightness (measured; see ``docs/diffusion.md``). The reference code also
+        rescales ``A y_t`` to the observation's range before comparing.
     generator : torch.Generator, optional
         Source of ``t``, ``gamma`` and ``eps`` (reproducible training).
 
@@ -164,7 +174,14 @@ def diffusion_loss(
         with torch.no_grad():
             sg = gamma.to(gt.dtype).sqrt().reshape(-1, 1, 1, 1)
             y_t = r_t + sg * observed if target == "residual" else r_t
-            g = physics_target(y_t, observed_clean, psf)
+            if physics_reference == "matched":
+                g = physics_target(y_t, sg * observed_clean, psf)
+            elif physics_reference == "unscaled":
+                g = physics_target(y_t, observed_clean, psf)
+            else:
+                raise PiddpmError(
+                    f"physics_reference must be 'unscaled' or 'matched', got {physics_reference!r}"
+                )
             if physics_norm == "rms":
                 g = g / rms(g).clamp_min(1e-12)
         loss_phys = F.mse_loss(out[:, c : 2 * c].to(gt.dtype), g)

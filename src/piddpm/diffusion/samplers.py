@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
@@ -55,19 +54,26 @@ class SampleResult:
     samples: torch.Tensor
 
 
+#: Fraction of the ancestral sampler's nominal learned push that DDIM applies (measured on an
+#: overfitted tiny PI-DDPM: 1.0 overshoots at <= 50 steps, 0.3 is best and stable from 5 to
+#: 100 steps; see ``docs/diffusion.md``).
+DDIM_LEARNED_DAMPING = 0.3
+
+
 def learned_clean_scale(eta: float) -> float:
-    """The DDIM clean-space budget ``kappa`` matching the ancestral sampler's nominal push.
+    """The DDIM clean-space scale ``kappa`` of the learned gradient for a given ``eta``.
 
     In Algorithm 2 on the paper's test schedule (linear, T = 200, 1e-4..3e-2), step ``t``
     subtracts ``sigma_t * eta * sqrt(gamma_t) * g_hat / ||g_hat||`` from ``r_{t-1}``; read as a
     shift of the clean estimate implied by ``r_{t-1}`` it is
-    ``eta * sigma_t * sqrt(alpha_t) / 128`` times the unit-rms direction (at 128 x 128).
-    ``kappa`` spreads the same total over ``sqrt(gamma)`` from ``sqrt(gamma_T^ref)`` to 1:
-    ``kappa = eta * sum_t sigma_t sqrt(alpha_t) / (128 * (1 - sqrt(gamma_T^ref)))``.
+    ``eta * sigma_t * sqrt(alpha_t) / 128`` times the unit-rms direction (at 128 x 128). DDIM
+    spreads ``kappa * gamma_t * d(gamma)``, whose integral is ``kappa (1 - gamma_T^2) / 2``, so
+    ``kappa = DDIM_LEARNED_DAMPING * eta * sum_t sigma_t sqrt(alpha_t) / (128 (1 - gamma_T^2) / 2)``
+    (the damping because the ancestral chain undoes much of its nominal push with fresh noise).
     """
     ref = linear_schedule(200, 1e-4, 3e-2)
     total = (ref.posterior_variance.sqrt() * ref.alphas.sqrt()).sum().item() / 128.0
-    return float(eta) * total / ((1.0 - ref.gammas[-1].item() ** 2) / 2)
+    return DDIM_LEARNED_DAMPING * float(eta) * total / ((1.0 - ref.gammas[-1].item() ** 2) / 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,7 +164,7 @@ def _initial(setup: _Setup, initial_noise: torch.Tensor | None) -> torch.Tensor:
         )
     z = z.reshape(b * n, c, *z.shape[-2:])
     if z.shape[-2:] != x.shape[-2:]:
-        z, pad = pad_to_multiple(z, setup.factor)
+        z, _ = pad_to_multiple(z, setup.factor)
         if z.shape[-2:] != x.shape[-2:]:
             raise PiddpmError(
                 f"initial_noise spatial size {tuple(initial_noise.shape[-2:])} differs from the observation's"
@@ -171,7 +177,7 @@ def _randn(shape, like: torch.Tensor, generator: torch.Generator | None) -> torc
     return torch.randn(shape, generator=generator, device=dev, dtype=like.dtype).to(like.device)
 
 
-def _predict(net, r, x, gamma: float, c: int, autocast: bool):
+def _predict(net, r, x, gamma: float, c: int, autocast: bool, need_g: bool = False):
     g = torch.full((r.shape[0],), gamma, dtype=r.dtype, device=r.device)
     ctx = (
         torch.autocast(r.device.type, dtype=torch.bfloat16)
@@ -183,6 +189,10 @@ def _predict(net, r, x, gamma: float, c: int, autocast: bool):
     out = out.to(r.dtype)
     if out.shape[1] < c:
         raise PiddpmError(f"network output has {out.shape[1]} channels, expected at least {c}")
+    if need_g and out.shape[1] < 2 * c:
+        raise PiddpmError(
+            f"learned guidance needs {2 * c} network output channels, got {out.shape[1]}"
+        )
     return out[:, :c], (out[:, c : 2 * c] if out.shape[1] >= 2 * c else None)
 
 
@@ -278,7 +288,8 @@ def ddpm_sample(
     guidance : {"auto", "learned", "known", "both", "none"}
         "auto": "learned" for a 2C-output network, else "none"; "known" needs ``psf``.
     psf : Tensor (B, 1, kh, kw) or (1, 1, kh, kw), optional
-        PSF of each image (known-PSF guidance, periodic boundary).
+        PSF of each image (known-PSF guidance, periodic boundary; an image padded to the
+        network's multiple is compared with its reflect-padded observation).
     zeta : float
         Budget of the known-PSF correction (clean-image units per unit of sqrt(gamma)).
     likelihood, background : see :func:`known_direction`.
@@ -306,7 +317,7 @@ def ddpm_sample(
     sgp = schedule.gammas_prev.sqrt().tolist()
     for i in _progress(range(schedule.T - 1, -1, -1), progress, "DDPM"):
         gamma = schedule.gammas[i].item()
-        eps_hat, g_hat = _predict(net, r, s.x, gamma, s.channels, autocast)
+        eps_hat, g_hat = _predict(net, r, s.x, gamma, s.channels, autocast, s.use_learned)
         sigma = schedule.posterior_variance[i].sqrt().item()
         r_next = (r - schedule.eps_coef[i].item() * eps_hat) * schedule.sqrt_recip_alphas[i].item()
         if i > 0:
@@ -406,7 +417,7 @@ def ddim_sample(
         i = steps[k]
         g_t = schedule.gammas[i].item()
         g_s = schedule.gammas[steps[k + 1]].item() if k + 1 < len(steps) else 1.0
-        eps_hat, g_hat = _predict(net, r, s.x, g_t, s.channels, autocast)
+        eps_hat, g_hat = _predict(net, r, s.x, g_t, s.channels, autocast, s.use_learned)
         r0_hat = (r - math.sqrt(1 - g_t) * eps_hat) / math.sqrt(g_t)
         w = min(g_s - g_t, max_jump_weight)
         correction = torch.zeros_like(r0_hat)
@@ -425,6 +436,3 @@ def ddim_sample(
         if sigma > 0:
             r = r + sigma * _randn(r.shape, r, s.generator)
     return _finish(s, r, target)
-
-
-Sampler = Literal["ddpm", "ddim"]
