@@ -166,6 +166,13 @@ class DiffusionConfig(_Strict):
         description="Normalisation of the physics target g: divided per image by its rms "
         "(rms) or raw (none). The sampler must use the same (stored in model.json).",
     )
+    physics_reference: Literal["matched", "unscaled"] = Field(
+        "matched",
+        description="Reference of the physics target: matched, g = 2 A^T(A y_t - sqrt(gamma) "
+        "x_clean) (the misfit at the signal scale of y_t; default), or unscaled, g = 2 A^T(A y_t "
+        "- x_clean) as MATH.md writes it, whose brightness term dominates at high noise and "
+        "makes learned guidance push samples towards full brightness (docs/diffusion.md).",
+    )
     supervised_loss: Literal["mse", "l1"] = Field(
         "mse", description="Loss of the supervised U-Net (method unet only)."
     )

@@ -625,6 +625,7 @@ def _compute_loss(model, cfg: TrainConfig, batch: dict, schedule, generator):
             physics_weight=cfg.diffusion.physics_weight if cfg.method == "pi-ddpm" else 0.0,
             target=cfg.diffusion.target,
             physics_norm=cfg.diffusion.physics_norm,
+            physics_reference=cfg.diffusion.physics_reference,
             generator=generator,
         )
     if isinstance(out, tuple):
@@ -1058,6 +1059,7 @@ def model_config(cfg: TrainConfig, **extra: Any) -> dict[str, Any]:
         **ch,
         "target": cfg.diffusion.target,
         "physics_weight": cfg.diffusion.physics_weight if cfg.method == "pi-ddpm" else None,
+        "physics_reference": (cfg.diffusion.physics_reference if cfg.method == "pi-ddpm" else None),
         "physics_norm": cfg.diffusion.physics_norm if cfg.method == "pi-ddpm" else None,
         # the schedule to sample with (what validation used); the network was trained on
         # continuous noise levels of `training_schedule` and accepts any schedule
