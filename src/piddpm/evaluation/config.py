@@ -186,7 +186,12 @@ class BenchmarkConfig(_Strict):
     real: RealSuiteConfig = Field(default_factory=RealSuiteConfig)
     ablation: AblationConfig = Field(default_factory=AblationConfig)
     figures: int = Field(2, ge=0, description="Figure panels per dataset.")
-    tile: int = Field(256, ge=16, description="Tile side (px) passed to piddpm.restore.")
+    tile: int | None = Field(
+        None,
+        ge=16,
+        description="Tile side (px) passed to piddpm.restore; null: each model's measured "
+        "tiling (restore_defaults), 256 for RL.",
+    )
     device: str = Field("cpu", description="Torch device for the learned methods.")
     seed: int = Field(0, description="Seed of the diffusion sampling noise.")
     quick: bool = Field(False, description="Whether this is the --quick subset.")

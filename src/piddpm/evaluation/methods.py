@@ -275,7 +275,7 @@ def tune_rl(
     score,
     *,
     cache_file: str | Path | None = None,
-    tile: int = 256,
+    tile: int | None = None,
 ) -> dict[str, Any]:
     """Pick the RL iteration count with the best mean score (PSNR) over dev cases.
 
