@@ -522,11 +522,11 @@ def _fmt(v: Any) -> Any:
 
 
 def psnr_db(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """PSNR per image of ``(B, C, H, W)`` tensors, data range = each reference's max - min."""
-    pred, ref = pred.double(), ref.double()
-    mse = ((pred - ref) ** 2).flatten(1).mean(1)
-    rng = ref.flatten(1).amax(1) - ref.flatten(1).amin(1)
-    return 10 * torch.log10(rng**2 / mse.clamp_min(1e-20))
+    """PSNR per image of ``(B, 1, H, W)`` tensors (:func:`piddpm.metrics.psnr`, data range =
+    each reference's max - min)."""
+    from piddpm.metrics import psnr
+
+    return torch.as_tensor(psnr(pred[:, 0].double(), ref[:, 0].double())).reshape(-1)
 
 
 def write_preview(path: Path, rows: list[tuple[torch.Tensor, ...]]) -> None:
