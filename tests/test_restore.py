@@ -377,3 +377,17 @@ def test_tiling_defaults_come_from_the_model_unless_given(tmp_path):
     assert (m["tile"], m["overlap"]) == (64, 12)
     m = restore(x, method="rl", psf=gaussian_psf(), model=None, progress=False).metadata
     assert (m["tile"], m["overlap"]) == (256, 32)
+
+
+def test_loaded_networks_are_cached_until_the_file_changes(tmp_path):
+    import os
+
+    from piddpm.models import load_entry, resolve_model
+
+    folder = make_model(tmp_path / "c", "unet")
+    entry = resolve_model(str(folder))
+    first = load_entry(entry)
+    assert load_entry(resolve_model(str(folder))) is first
+    st = os.stat(entry.weights)
+    os.utime(entry.weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert load_entry(resolve_model(str(folder))) is not first

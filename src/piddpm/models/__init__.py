@@ -295,6 +295,9 @@ def load_entry(entry: ModelEntry, device: str = "cpu"):
     """
     from piddpm.networks import load_model
 
+    key = _cache_key(entry, device)
+    if key is not None and key in _LOADED:
+        return _LOADED[key]
     try:
         net, _ = load_model(entry.weights, device=device)
     except PiddpmError as err:
@@ -304,7 +307,27 @@ def load_entry(entry: ModelEntry, device: str = "cpu"):
             f"cannot load model {entry.weights} with its configuration {entry.config_path}: "
             f"{type(err).__name__}: {err}"
         ) from err
-    return net.eval()
+    net.eval().requires_grad_(False)
+    if key is not None:
+        while len(_LOADED) >= _CACHE_SIZE:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = net
+    return net
+
+
+#: Networks loaded in this process, keyed by file identity (path, size, mtime) and device, so
+#: that repeated ``restore`` calls (stacks, benchmarks, the demo) do not re-read the weights.
+_LOADED: dict[tuple, object] = {}
+_CACHE_SIZE = 8
+
+
+def _cache_key(entry: ModelEntry, device: str) -> tuple | None:
+    try:
+        files = (Path(entry.weights), Path(entry.config_path))
+        stats = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    except (OSError, TypeError):
+        return None
+    return (*stats, str(device))
 
 
 def load_bundled(name: str, device: str = "cpu"):
