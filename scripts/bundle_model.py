@@ -234,7 +234,7 @@ def synthetic_pairs(model_dir: Path, *, n: int, seed: int, size: int) -> list[di
 
 def restore_kwargs(defaults: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments of :func:`piddpm.restore.restore` for a ``restore_defaults`` dict
-    (``tile``/``overlap`` included: restore does not read them from the model)."""
+    (explicit, so that tuning trials can override any one setting, ``tile`` included)."""
     kw = {k: v for k, v in defaults.items() if k in DEFAULT_KEYS and v is not None}
     if "percentiles" in kw:
         kw["percentiles"] = tuple(kw["percentiles"])

@@ -58,12 +58,6 @@ def _psnr(est: np.ndarray, gt: np.ndarray) -> float:
     return float(psnr(est.astype(np.float64), gt.astype(np.float64)))
 
 
-def _restore_kwargs(entry) -> dict:
-    """``tile``/``overlap`` are recommendations that restore does not read from the model."""
-    d = entry.restore_defaults
-    return {k: int(d[k]) for k in ("tile", "overlap") if k in d}
-
-
 # ------------------------------------------------------------------- bundled models
 
 
@@ -143,7 +137,7 @@ def test_restores_a_synthetic_observation(name):
     entry = resolve_model(name)
     item = _synthetic(entry.modality, 64, 1, seed=HELD_OUT_SEED)[0]
     obs = (item["observed"][0, :61, :50].numpy() + 1.0) * 500.0  # camera-like units
-    res = restore(obs, model=name, seed=0, device="cpu", progress=False, **_restore_kwargs(entry))
+    res = restore(obs, model=name, seed=0, device="cpu", progress=False)
     assert res.mean.shape == obs.shape and res.mean.dtype == np.float32
     assert np.isfinite(res.mean).all()
     assert res.metadata["model"] == name
@@ -188,9 +182,7 @@ def test_beats_the_raw_input_on_held_out_pairs(name):
     gains = []
     for i, it in enumerate(items):
         obs, gt = it["observed"][0].numpy(), it["gt"][0].numpy()
-        res = restore(
-            obs, model=name, seed=i, device="cpu", progress=False, **_restore_kwargs(entry)
-        )
+        res = restore(obs, model=name, seed=i, device="cpu", progress=False)
         gains.append(_psnr(np.asarray(res.mean), gt) - _psnr(obs, gt))
     assert np.mean(gains) > 0.25, f"{name}: PSNR gain over the input per pair {gains}"
     assert sum(g > 0 for g in gains) > len(gains) // 2, f"{name}: PSNR gains per pair {gains}"
