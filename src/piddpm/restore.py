@@ -582,9 +582,6 @@ def _schedule_for(entry):
             f"model configuration {entry.config_path} has no 'schedule'; a diffusion model "
             "needs the noise schedule it was trained with"
         )
-    sched = dict(sched)
-    if "cosine_s" in sched and "s" not in sched:
-        sched["s"] = sched["cosine_s"]
     return schedule_from_config(sched)
 
 
