@@ -268,3 +268,87 @@ def test_ddp_two_processes_gloo_keep_weights_in_sync(tmp_path):
     rows = read_csv(out / "log.csv")
     assert [int(r["step"]) for r in rows] == [1, 2]  # one log, written by rank 0 only
     assert proc.stdout.count("trained 2 steps") == 1
+
+
+@pytest.mark.parametrize("op", range(8))
+def test_dihedral_keeps_observed_clean_equal_to_the_blurred_ground_truth(op):
+    """Rotating/flipping image and PSF alike commutes with periodic convolution, so a reused
+    batch is still a valid pair: blur(T gt, T h) == T blur(gt, h) == T observed_clean."""
+    from piddpm.acquisition import blur
+    from piddpm.training import dihedral
+
+    g = torch.Generator().manual_seed(op)
+    gt = torch.rand(2, 1, 24, 20, generator=g)  # not square: rot90 swaps the sides
+    psf = torch.rand(2, 1, 7, 7, generator=g)  # asymmetric kernel
+    psf = psf / psf.sum(dim=(-2, -1), keepdim=True)
+    batch = {"gt": gt, "observed_clean": blur(gt, psf, boundary="periodic"), "psf": psf}
+    moved = dihedral(batch, op)
+    expected = blur(moved["gt"], moved["psf"], boundary="periodic")
+    torch.testing.assert_close(moved["observed_clean"], expected, atol=1e-6, rtol=1e-5)
+    if op:  # only op 0 is the identity
+        assert not torch.equal(moved["gt"], gt) or moved["gt"].shape != gt.shape
+    with pytest.raises(ValueError, match="0..7"):
+        dihedral(batch, 8)
+
+
+def test_batch_reuse_draws_fewer_batches_and_resumes_exactly_mid_batch(tmp_path):
+    """batch_reuse 2: 5 steps use 3 simulated batches; stopping after step 3 (inside the
+    second batch) and resuming reproduces the straight run bitwise."""
+    cfg = tiny_config(
+        "pi-ddpm",
+        steps=5,
+        batch_reuse=2,
+        **{"optimizer.warmup_steps": 1, "optimizer.lr_decay": "cosine", "optimizer.lr": 1e-3},
+    )
+    straight = train(cfg, out_dir=tmp_path / "a", device="cpu", progress=False)
+    first = train(cfg, out_dir=tmp_path / "b", device="cpu", progress=False, stop_at_step=3)
+    assert first.step == 3
+    resumed = train(cfg, out_dir=tmp_path / "b", resume=True, device="cpu", progress=False)
+    assert resumed.step == 5
+    a, b = _state(straight.net), _state(resumed.net)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows_a, rows_b = read_csv(tmp_path / "a" / "log.csv"), read_csv(tmp_path / "b" / "log.csv")
+    assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
+    # reuse changes the run: the same config without reuse trains on other data
+    plain = train(
+        cfg.model_copy(update={"batch_reuse": 1}),
+        out_dir=tmp_path / "c",
+        device="cpu",
+        progress=False,
+    )
+    c = _state(plain.net)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_max_time_stops_early_and_exports_the_model(tmp_path):
+    """A tiny time budget ends a 1000-step run after its first step with a checkpoint and an
+    exported model whose JSON says it stopped on the time limit."""
+    cfg = tiny_config("ddpm", steps=1000, max_time_s=1e-3)
+    result = train(cfg, out_dir=tmp_path / "r", device="cpu", progress=False)
+    assert 1 <= result.step < 1000
+    assert result.stopped_by_time_limit
+    assert result.model_path is not None and result.model_path.is_file()
+    training = load_trained(result.model_path)[1]["training"]
+    assert training["steps"] == result.step and training["stopped_by_time_limit"] is True
+    assert list_checkpoints(tmp_path / "r")
+    # the run can go on later: resume picks up at the step it stopped at
+    more = train(
+        cfg.model_copy(update={"steps": result.step + 1, "max_time_s": None}),
+        out_dir=tmp_path / "r",
+        resume=True,
+        device="cpu",
+        progress=False,
+    )
+    assert more.step == result.step + 1 and not more.stopped_by_time_limit
+
+
+def test_cli_max_time_parses_durations():
+    import argparse
+
+    from piddpm.cli.train import _duration
+
+    assert _duration("600") == 600 and _duration("90s") == 90
+    assert _duration("20m") == 1200 and _duration("8h") == 8 * 3600
+    for bad in ("0", "-5m", "soon", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="positive duration"):
+            _duration(bad)

@@ -287,6 +287,23 @@ class TrainConfig(_Strict):
     num_workers: int = Field(
         0, ge=0, description="DataLoader worker processes that simulate the pairs."
     )
+    batch_reuse: int = Field(
+        1,
+        ge=1,
+        description="Optimiser steps per simulated batch. Each reuse draws new noise levels "
+        "and noise and applies one of the 8 rotations/flips to the whole batch (images and "
+        "PSFs alike, which keeps observed_clean = A(gt) exact). Values above 1 trade data "
+        "diversity for speed when simulation, not the network, limits the step rate (GPUs).",
+    )
+    max_time_s: float | None = Field(
+        None,
+        gt=0,
+        description="Wall-clock budget of this invocation in seconds: when it is spent the run "
+        "validates, checkpoints and exports its model as if `steps` were reached (model.json "
+        "records the step it stopped at). null = no limit. Set a constant learning rate "
+        "(optimizer.lr_decay: constant) for time-boxed runs, so the stop does not cut a decay "
+        "short.",
+    )
     seed: int = Field(0, description="Seed of the data stream, noise draws and initialisation.")
     ema_decay: float = Field(
         0.999, ge=0, lt=1, description="Decay of the exponential moving average of the weights."

@@ -79,6 +79,7 @@ RESUMABLE_CHANGES = frozenset(
         "checkpoint_every",
         "keep_checkpoints",
         "validation.every",
+        "max_time_s",
     }
 )
 
@@ -591,6 +592,7 @@ class TrainResult:
     images_per_s: float = float("nan")
     model_path: Path | None = None
     ddp_weight_spread: float | None = None
+    stopped_by_time_limit: bool = False
 
 
 def _autocast(device: torch.device, precision: str):
@@ -840,7 +842,8 @@ def _train(cfg, out: Path, resume: bool, dev, dist: DistInfo, progress: bool, st
 
     total = cfg.steps if stop_at_step is None else min(cfg.steps, stop_at_step)
     world_batch = cfg.batch_size * dist.world_size
-    length = max(cfg.steps, total) * world_batch
+    reuse = cfg.batch_reuse
+    length = -(-max(cfg.steps, total) // reuse) * world_batch
     if dist.enabled and not main:  # rank 0 builds (and caches) the PSF bank first
         torch.distributed.barrier()
     dataset = make_dataset(cfg, size=cfg.patch_size, length=length, seed=cfg.seed)
@@ -848,7 +851,7 @@ def _train(cfg, out: Path, resume: bool, dev, dist: DistInfo, progress: bool, st
         torch.distributed.barrier()
     loader = torch.utils.data.DataLoader(
         dataset,
-        batch_sampler=StreamBatches(start, total, cfg.batch_size, dist),
+        batch_sampler=StreamBatches(start // reuse, -(-total // reuse), cfg.batch_size, dist),
         num_workers=cfg.num_workers,
         persistent_workers=cfg.num_workers > 0,
         pin_memory=dev.type == "cuda",
@@ -876,9 +879,9 @@ def _train(cfg, out: Path, resume: bool, dev, dist: DistInfo, progress: bool, st
     t_last, steps_since, img_s = time.perf_counter(), 0, float("nan")
     sums: dict[str, torch.Tensor] = {}
     step = start
+    timed_out = False
     net.train()
-    for batch in loader:
-        batch = _to_device(batch, dev, cfg.channels_last)
+    for batch in _step_batches(loader, start, total, cfg, dev, dist.rank):
         seed = mix_seed(cfg.seed, step, dist.rank)
         torch.manual_seed(seed)
         gen = torch.Generator(device=dev).manual_seed(mix_seed(cfg.seed, step, dist.rank, 1))
@@ -936,7 +939,9 @@ def _train(cfg, out: Path, resume: bool, dev, dist: DistInfo, progress: bool, st
         if bar is not None:
             bar.update(1)
 
-        final = step == cfg.steps
+        if cfg.max_time_s is not None:
+            timed_out = _time_is_up(time.perf_counter() - t_run >= cfg.max_time_s, dist, dev)
+        final = step == cfg.steps or timed_out
         if main and (final or (cfg.validation.every and step % cfg.validation.every == 0)):
             val_metrics = _validate(ema.module, cfg, val, val_schedule, dev, step, out, val_log)
             net.train()
@@ -944,13 +949,16 @@ def _train(cfg, out: Path, resume: bool, dev, dist: DistInfo, progress: bool, st
             _write_checkpoint(out, cfg, net, ema, optimizer, scaler, step)
         if dist.enabled and (final or step == total or step % cfg.checkpoint_every == 0):
             torch.distributed.barrier()
+        if timed_out:
+            break
 
     if bar is not None:
         bar.close()
     result = TrainResult(out, step, net, ema.module, val_metrics, img_s)
     if dist.enabled:
         result.ddp_weight_spread = _weight_spread(net)
-    if step >= cfg.steps and main:
+    result.stopped_by_time_limit = timed_out and step < cfg.steps
+    if (step >= cfg.steps or timed_out) and main:
         if not val_metrics:  # resumed a finished run: evaluate the final weights again
             val_metrics = _validate(ema.module, cfg, val, val_schedule, dev, step, out, None)
             result.val_metrics = val_metrics
@@ -963,10 +971,62 @@ def _train(cfg, out: Path, resume: bool, dev, dist: DistInfo, progress: bool, st
             val_metrics=val_metrics,
             images_per_s=img_s,
             ddp_weight_spread=result.ddp_weight_spread,
+            stopped_by_time_limit=result.stopped_by_time_limit,
         )
     if dist.enabled:
         torch.distributed.barrier()
     return result
+
+
+def _step_batches(loader, start: int, total: int, cfg: TrainConfig, dev, rank: int):
+    """The batch of each optimiser step ``start .. total - 1``.
+
+    With ``cfg.batch_reuse = K`` each loaded batch serves K consecutive steps (a resumed run
+    starting mid-batch uses it for the remaining ones); reuse ``r > 0`` applies the dihedral
+    transform chosen by ``(seed, step, rank)``.
+    """
+    reuse, step = cfg.batch_reuse, start
+    for loaded in loader:
+        loaded = _to_device(loaded, dev, cfg.channels_last)
+        for _ in range(reuse - step % reuse):
+            if step >= total:
+                return
+            if step % reuse == 0:
+                yield loaded
+            else:
+                yield dihedral(loaded, mix_seed(cfg.seed, step, rank, 2) % 8)
+            step += 1
+
+
+def dihedral(batch: dict, op: int) -> dict:
+    """Apply one of the 8 rotations/flips (``op`` in 0..7) to every image and PSF of a batch.
+
+    The same transform of image and kernel commutes with (periodic) convolution for a kernel
+    centred on its middle pixel, so ``observed_clean = A(gt)`` stays exact.
+    """
+    if not 0 <= op < 8:
+        raise ValueError(f"dihedral op {op} must be in 0..7")
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v) and v.ndim >= 2:
+            t = torch.rot90(v, op % 4, dims=(-2, -1))
+            if op >= 4:
+                t = torch.flip(t, dims=(-1,))
+            if v.ndim == 4 and v.is_contiguous(memory_format=torch.channels_last):
+                t = t.contiguous(memory_format=torch.channels_last)
+            out[k] = t
+        else:
+            out[k] = v
+    return out
+
+
+def _time_is_up(local: bool, dist: DistInfo, dev) -> bool:
+    """Whether the time budget is spent, agreed by all ranks (any rank's clock decides)."""
+    if not dist.enabled:
+        return local
+    flag = torch.tensor([1.0 if local else 0.0], device=dev)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item() > 0)
 
 
 def _weight_spread(net: nn.Module) -> float:
@@ -1103,7 +1163,13 @@ def model_config(cfg: TrainConfig, **extra: Any) -> dict[str, Any]:
         },
         "piddpm_version": __version__,
     }
-    for key in ("steps", "images_per_s", "world_size", "ddp_weight_spread"):
+    for key in (
+        "steps",
+        "images_per_s",
+        "world_size",
+        "ddp_weight_spread",
+        "stopped_by_time_limit",
+    ):
         if key in extra:
             info["training"][key] = extra.pop(key)
     info.update(extra)

@@ -66,6 +66,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "None = run to --steps",
     )
     p.add_argument(
+        "--max-time",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="wall-clock budget of this invocation (seconds, or with a suffix: 90s, 20m, 8h); "
+        "when spent the run validates, checkpoints and exports its model; None = the "
+        "config's `max_time_s`",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -74,6 +83,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
+
+
+def _duration(text: str) -> float:
+    """Seconds from ``"600"``, ``"90s"``, ``"20m"`` or ``"8h"``."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    value, scale = text.strip().lower(), 1.0
+    if value and value[-1] in units:
+        value, scale = value[:-1], units[value[-1]]
+    try:
+        seconds = float(value) * scale
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(
+            f"--max-time {text!r}: expected a positive duration such as 600, 90s, 20m or 8h"
+        )
+    return seconds
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["seed"] = args.seed
     if args.out is not None:
         overrides["out_dir"] = str(args.out)
+    if args.max_time is not None:
+        overrides["max_time_s"] = args.max_time
     config_path = args.config
     if config_path is None:
         if not args.resume:
@@ -117,8 +145,9 @@ def run(args: argparse.Namespace) -> int:
         metrics = ", ".join(
             f"{k} {v:.2f}" for k, v in result.val_metrics.items() if k.endswith("_db")
         )
+        limit = " (time limit reached)" if result.stopped_by_time_limit else ""
         print(
-            f"trained {result.step} steps; model: {result.model_path}"
+            f"trained {result.step} steps{limit}; model: {result.model_path}"
             + (f" ({metrics})" if metrics else "")
         )
     else:
