@@ -11,6 +11,10 @@ U-Net over 96-px tiles: hard stitching vs blending, and the column-difference pr
 
     python benchmarks/bench_restore.py            # 512^2 and 2048^2, a few minutes on 2 CPUs
     python benchmarks/bench_restore.py --full     # + 2048^2 x 10 stack, + more sampler steps
+    python benchmarks/bench_restore.py --full --device cuda --batch-size 32   # on a GPU
+
+On a GPU each configuration first restores a 256^2 image (CUDA start-up and cuDNN
+autotuning are not counted) and the table adds the peak GPU memory.
 """
 
 from __future__ import annotations
@@ -92,9 +96,17 @@ def worker(spec: dict) -> dict:
     kwargs = dict(spec["kwargs"])
     if spec["method"] == "rl":
         kwargs.update(method="rl", psf=psf)
+    device = spec.get("device", "cpu")
+    cuda = device.startswith("cuda")
+    if cuda:  # warm-up: CUDA context, model upload, cuDNN autotuning
+        restore(_test_image((256, 256), seed=1), progress=False, device=device, **kwargs)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     tracemalloc.start()
     t0 = time.perf_counter()
-    res = restore(img, progress=False, device="cpu", residual=False, **kwargs)
+    res = restore(img, progress=False, device=device, residual=False, **kwargs)
+    if cuda:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     _, peak_py = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -105,7 +117,11 @@ def worker(spec: dict) -> dict:
         "rss_added_mb": (rss - base_rss) / 1024,
         "peak_numpy_mb": peak_py / 2**20,
         "steps": res.metadata.get("steps"),
+        "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
     }
+    if cuda:  # the no-tiling baseline below is a CPU measurement
+        out["baseline_seconds"] = None
+        return out
     # same-process baseline: the operator on the whole plane in one call (no tiles)
     plane = img if img.ndim == 2 else img[0]
     lo, hi = np.percentile(plane, [0.1, 99.9])
@@ -193,8 +209,15 @@ def seam_figure(path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--full", action="store_true", help="add the 2048^2 x 10 stack and more steps")
+    ap.add_argument(
+        "--full", action="store_true", help="add the 2048^2 x PLANES stack and more sampler steps"
+    )
     ap.add_argument("--out", default=str(HERE / "out"), help="folder for the seam figure (PNG)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--planes", type=int, default=10, help="planes of the --full 2048^2 stack")
+    ap.add_argument(
+        "--batch-size", type=int, default=4, help="tiles per network call (restore's batch_size)"
+    )
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -205,13 +228,13 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_restore_"))
     models = _make_models(tmp)
-    sizes = [(512, 512), (2048, 2048)] + ([(10, 2048, 2048)] if args.full else [])
+    sizes = [(512, 512), (2048, 2048)] + ([(args.planes, 2048, 2048)] if args.full else [])
     configs = []
     for shape in sizes:
         big = len(shape) == 3 or shape[-1] >= 2048
         configs.append(("rl", "auto iterations", shape, {"tile": 256}))
         configs.append(("unet", "-", shape, {"model": models["unet"], "tile": 256}))
-        ddim_steps = [5] if not args.full else [5, 20]
+        ddim_steps = [5] if not args.full else [5, 10, 20]
         if big and not args.full:
             ddim_steps = []
         for steps in ddim_steps:
@@ -233,19 +256,25 @@ def main() -> int:
                 )
             )
     print(
-        f"piddpm restore benchmark, CPU, torch {torch.__version__}, "
+        f"piddpm restore benchmark, {args.device}"
+        + (f" ({torch.cuda.get_device_name(args.device)})" if args.device != "cpu" else "")
+        + f", torch {torch.__version__}, batch {args.batch_size}, "
         f"{os.cpu_count()} CPUs, threads {torch.get_num_threads()}; models: "
         f"{', '.join(f'{k}={Path(v).name}' for k, v in models.items())}"
     )
     print("baseline: the same operator on the whole plane in one call (no tiling)")
     head = (
         f"{'method':<8} {'setting':<18} {'shape':<14} {'s/MP':>8} {'base s/MP':>9} "
-        f"{'peak RSS MB':>11} {'+RSS MB':>8} {'numpy MB':>8}"
+        f"{'peak RSS MB':>11} {'+RSS MB':>8} {'numpy MB':>8} {'GPU MB':>7}"
     )
     print(head)
     print("-" * len(head))
     for method, setting, shape, kw in configs:
-        r = run_config({"method": method, "shape": list(shape), "kwargs": kw})
+        if method != "rl":
+            kw = {**kw, "batch_size": args.batch_size}
+        r = run_config(
+            {"method": method, "shape": list(shape), "kwargs": kw, "device": args.device}
+        )
         mp = float(__import__("numpy").prod(shape)) / 1e6
         label = "x".join(str(s) for s in shape)
         if "error" in r:
@@ -257,7 +286,8 @@ def main() -> int:
             setting = f"auto ({r['steps']} it)" if not isinstance(r["steps"], list) else setting
         print(
             f"{method:<8} {setting:<18} {label:<14} {r['seconds'] / mp:8.2f} {base_s} "
-            f"{r['peak_rss_mb']:11.0f} {r['rss_added_mb']:8.0f} {r['peak_numpy_mb']:8.0f}"
+            f"{r['peak_rss_mb']:11.0f} {r['rss_added_mb']:8.0f} {r['peak_numpy_mb']:8.0f} "
+            + (f"{r['gpu_peak_mb']:7.0f}" if r.get("gpu_peak_mb") is not None else f"{'-':>7}")
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

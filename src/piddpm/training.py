@@ -798,6 +798,8 @@ def _train(cfg, out: Path, resume: bool, dev, dist: DistInfo, progress: bool, st
             "another --out"
         )
 
+    if dev.type == "cuda":  # fixed patch sizes: let cuDNN pick its fastest kernels
+        torch.backends.cudnn.benchmark = True
     # Build everything from the seed, identically on every rank.
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)  # noqa: NPY002 (global state for third-party code)
@@ -912,6 +914,8 @@ def _train(cfg, out: Path, resume: bool, dev, dist: DistInfo, progress: bool, st
         ema.update(net)
         step += 1
         steps_since += 1
+        if cfg.max_time_s is not None:
+            timed_out = _time_is_up(time.perf_counter() - t_run >= cfg.max_time_s, dist, dev)
 
         terms = {"loss": loss.detach().float(), **logs}
         for k, v in terms.items():
@@ -919,7 +923,7 @@ def _train(cfg, out: Path, resume: bool, dev, dist: DistInfo, progress: bool, st
             if v.numel() == 1:
                 sums[k] = sums.get(k, 0) + v.reshape(())
 
-        if step % cfg.log_every == 0 or step == total:
+        if step % cfg.log_every == 0 or step == total or timed_out:
             names = sorted(sums)
             vec = torch.stack([sums[k] for k in names]) / steps_since
             if dist.enabled:
@@ -939,8 +943,6 @@ def _train(cfg, out: Path, resume: bool, dev, dist: DistInfo, progress: bool, st
         if bar is not None:
             bar.update(1)
 
-        if cfg.max_time_s is not None:
-            timed_out = _time_is_up(time.perf_counter() - t_run >= cfg.max_time_s, dist, dev)
         final = step == cfg.steps or timed_out
         if main and (final or (cfg.validation.every and step % cfg.validation.every == 0)):
             val_metrics = _validate(ema.module, cfg, val, val_schedule, dev, step, out, val_log)
