@@ -242,9 +242,15 @@ def restore_kwargs(defaults: dict[str, Any]) -> dict[str, Any]:
 
 
 def restore_pairs(
-    model: str | Path, pairs: list[dict[str, Any]], settings: dict[str, Any], *, method=None
+    model: str | Path,
+    pairs: list[dict[str, Any]],
+    settings: dict[str, Any],
+    *,
+    method=None,
+    samples: int = 1,
 ) -> list[np.ndarray]:
-    """Restore each pair's observation with :func:`piddpm.restore.restore` (seed = index)."""
+    """Restore each pair's observation with :func:`piddpm.restore.restore` (seed = index;
+    ``samples`` posterior samples averaged for diffusion models)."""
     from piddpm.restore import restore
 
     out = []
@@ -257,7 +263,13 @@ def restore_pairs(
             )
         else:
             res = restore(
-                p["observed"], model=str(model), progress=False, device="cpu", seed=i, **kw
+                p["observed"],
+                model=str(model),
+                progress=False,
+                device="cpu",
+                seed=i,
+                samples=samples,
+                **kw,
             )
         out.append(np.asarray(res.mean, np.float64))
     return out
@@ -293,9 +305,9 @@ def tune_defaults(
     size: int = 128,
     tile_size: int = 256,
     n_tile_pairs: int = 3,
-    steps_grid: tuple[int, ...] = (10, 20, 50),
-    eta_grid: tuple[float, ...] = (2.5, 5.0, 10.0, 20.0),
-    lam_grid: tuple[float, ...] = (0.0, 0.015, 0.05, 0.1),
+    steps_grid: tuple[int, ...] = (5, 10, 20, 50),
+    eta_grid: tuple[float, ...] = (2.5, 5.0, 10.0, 20.0, 40.0),
+    lam_grid: tuple[float, ...] = (0.0, 0.015, 0.05, 0.1, 0.2, 0.4),
     tiles: tuple[int, ...] = (64, 128, 256),
     tolerance_db: float = 0.1,
     log=print,
@@ -432,9 +444,13 @@ def evaluate(
     n: int = 16,
     seed: int = EVAL_SEED,
     size: int = 128,
+    mean_of: int = 4,
     log=print,
 ) -> dict[str, Any]:
     """Held-out evaluation: the model (with ``defaults``) vs the raw input vs RL (true PSF).
+
+    Diffusion models are also scored as the mean of ``mean_of`` posterior samples (row
+    ``model_mean``; 0 = not), the estimate ``--samples N`` gives.
 
     Returns
     -------
@@ -452,9 +468,12 @@ def evaluate(
     timing: dict[str, float] = {}
     results["input"] = [score(p["observed"].astype(np.float64), p["gt"]) for p in pairs]
     timing["input"] = 0.0
-    for key, method in (("rl", "rl"), ("model", None)):
+    runs = [("rl", "rl", 1), ("model", None, 1)]
+    if mean_of > 1 and "sampler" in defaults:  # diffusion models only
+        runs.append(("model_mean", None, mean_of))
+    for key, method, samples in runs:
         t0 = time.perf_counter()
-        ests = restore_pairs(model_dir, pairs, defaults, method=method)
+        ests = restore_pairs(model_dir, pairs, defaults, method=method, samples=samples)
         timing[key] = (time.perf_counter() - t0) / n
         results[key] = [score(e, p["gt"]) for e, p in zip(ests, pairs, strict=True)]
         log(f"  eval {key}: {timing[key]:.2f} s per image")
@@ -477,8 +496,18 @@ def evaluate(
     specimens: dict[str, int] = {}
     for p in pairs:
         specimens[p["specimen"]] = specimens.get(p["specimen"], 0) + 1
+    wins_rl_mean = (
+        sum(
+            m["psnr_db"] > r["psnr_db"]
+            for m, r in zip(results["model_mean"], results["rl"], strict=True)
+        )
+        if "model_mean" in results
+        else None
+    )
     return {
         "rows": rows,
+        "mean_of": mean_of if "model_mean" in results else None,
+        "wins_mean_vs_rl": wins_rl_mean,
         "wins_vs_input": int(wins),
         "wins_vs_rl": int(wins_rl),
         "n": n,
@@ -523,6 +552,7 @@ def model_card(
     defaults: dict[str, Any],
     evaluation: dict[str, Any] | None,
     tuning: list[dict[str, Any]] | None,
+    notes: tuple[str, ...] = (),
 ) -> str:
     """The ``MODEL_CARD.md`` text, generated from the model configuration, the run's
     ``log.csv`` / ``val.csv`` and the held-out evaluation."""
@@ -584,10 +614,22 @@ def model_card(
         )
         if x
     )
-    add(
-        f"- Hardware: CPU, 2 cores ({hw.get('device_name') or cpu_model()}), trained while "
-        "other jobs shared the machine" + (f"; {sw}" if sw else "")
-    )
+    on_gpu = hw.get("device") == "cuda"
+    if on_gpu:
+        add(f"- Hardware: GPU, {hw.get('device_name')}" + (f"; {sw}" if sw else ""))
+    else:
+        add(
+            f"- Hardware: CPU, 2 cores ({hw.get('device_name') or cpu_model()}), trained "
+            "while other jobs shared the machine" + (f"; {sw}" if sw else "")
+        )
+    if tr.get("stopped_by_time_limit") or tcfg.get("max_time_s"):
+        add(f"- Time-boxed: `max_time_s` {tcfg.get('max_time_s')} s per invocation; the run "
+            f"ended on its time limit at step {step}")  # fmt: skip
+    if tcfg.get("batch_reuse", 1) > 1:
+        add(f"- Each simulated batch served {tcfg['batch_reuse']} steps (rotated/flipped "
+            "copies; `batch_reuse`)")  # fmt: skip
+    for note in notes:
+        add(f"- {note}")
     add(f"- Wall time: {_hms(wall)} ({last.get('images_per_s', math.nan):.1f} images/s at the "
         "end)")  # fmt: skip
     if log_rows:
@@ -669,16 +711,22 @@ def model_card(
             "input": "raw input",
             "rl": "Richardson-Lucy (true PSF, automatic stop)",
             "model": f"{name} (restore defaults)",
+            "model_mean": f"{name}, mean of {ev.get('mean_of')} samples (`--samples "
+            f"{ev.get('mean_of')}`)",
         }
-        for key in ("input", "rl", "model"):
+        for key in ("input", "rl", "model", "model_mean"):
+            if key not in ev["rows"]:
+                continue
             r = ev["rows"][key]
             add(f"| {labels[key]} | {r['psnr_db']:.2f} +- {r['psnr_db_std']:.2f} | "
                 f"{r['ms_ssim']:.3f} +- {r['ms_ssim_std']:.3f} | {r['nrmse']:.3f} +- "
                 f"{r['nrmse_std']:.3f} | {r['seconds']:.2f} |")  # fmt: skip
         add("")
         add(f"The model beats the raw input in PSNR on {ev['wins_vs_input']} of {ev['n']} "
-            f"pairs and Richardson-Lucy on {ev['wins_vs_rl']} of {ev['n']}. Timings: "
-            "CPU, shared machine.")  # fmt: skip
+            f"pairs and Richardson-Lucy on {ev['wins_vs_rl']} of {ev['n']}"
+            + (f"; the mean of {ev['mean_of']} samples beats Richardson-Lucy on "
+               f"{ev['wins_mean_vs_rl']} of {ev['n']}" if ev.get("mean_of") else "")
+            + ". Timings: this 2-core CPU, one thread.")  # fmt: skip
         rows = ev["rows"]
         if rows["model"]["psnr_db"] <= rows["input"]["psnr_db"]:
             add("")
@@ -688,15 +736,25 @@ def model_card(
             )
         elif rows["model"]["psnr_db"] <= rows["rl"]["psnr_db"]:
             add("")
-            add("On average Richardson-Lucy with the true PSF does better than this model.")
+            better = rows.get("model_mean", {}).get("psnr_db", -math.inf) > rows["rl"]["psnr_db"]
+            add(
+                "On average Richardson-Lucy with the true PSF does better than one sample of "
+                "this model"
+                + (
+                    f"; the mean of {ev['mean_of']} samples does better than Richardson-Lucy."
+                    if better
+                    else "."
+                )
+            )
     else:
         add("Not evaluated (`--eval-n 0`).")
     add("")
     add("## Intended use and limits")
     add("")
     ranges = data.get("ranges") or {}
+    where = "for a few minutes on one GPU" if on_gpu else "on a 2-core CPU"
     add(f"- **Demonstration quality.** A `{cfg.get('preset')}` network trained for only "
-        f"{step} steps on a 2-core CPU: good enough to try the pipeline, the demo and the "
+        f"{step} steps {where}: good enough to try the pipeline, the demo and the "
         "benchmarks, not for scientific conclusions or production use.")  # fmt: skip
     add(f"- **Modality: {modality} only.** Trained on {modality} PSFs only; on other "
         "modalities expect poor results.")  # fmt: skip
@@ -764,6 +822,7 @@ def bundle(
     dest_root: str | Path | None = None,
     overwrite: bool = False,
     description: str | None = None,
+    notes: tuple[str, ...] = (),
     log=print,
 ) -> Path:
     """Bundle ``run_dir`` as model ``name`` (see the module docstring); returns its folder."""
@@ -815,7 +874,9 @@ def bundle(
         if eval_n > 0:
             log(f"held-out evaluation on {eval_n} pairs (seed {EVAL_SEED}) ...")
             evaluation = evaluate(work, defaults, n=eval_n, log=log)
-        card = model_card(name, cfg, run_dir, export, defaults, evaluation, trials)
+        card = model_card(
+            name, cfg, run_dir, export, defaults, evaluation, trials, notes=tuple(notes)
+        )
         (work / "MODEL_CARD.md").write_text(card, encoding="utf-8")
         size_mb = _dir_size_mb(work)
         if size_mb > MAX_BUNDLE_MB:
@@ -839,6 +900,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", required=True, help="model folder name (e.g. pi-ddpm-widefield)")
     p.add_argument("--alias", action="append", default=[], help="extra name (repeatable)")
     p.add_argument("--description", default=None, help="one-line summary (default: generated)")
+    p.add_argument(
+        "--note", action="append", default=[], help="a line for the card's training section"
+    )
     p.add_argument(
         "--from-checkpoint",
         action="store_true",
@@ -876,6 +940,7 @@ def main(argv: list[str] | None = None) -> int:
             dest_root=args.dest,
             overwrite=args.overwrite,
             description=args.description,
+            notes=tuple(args.note),
         )
     except json.JSONDecodeError as err:
         print(f"error: --restore-defaults is not valid JSON: {err}", file=sys.stderr)

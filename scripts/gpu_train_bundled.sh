@@ -38,7 +38,7 @@ for n in $RUN_NAMES; do
     --max-time "$BUDGET" --no-progress >"$RUNS/$n.log" 2>&1 &
 done
 # the CUDA tests of the suite, while the runs start up
-python3 -m pytest -q -p no:cacheprovider tests -k cuda >>"$LOG" 2>&1
+python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_optics.py -k "cuda or gpu" >>"$LOG" 2>&1
 wait
 for n in $RUN_NAMES; do
   {
