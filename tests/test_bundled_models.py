@@ -146,15 +146,11 @@ def test_restores_a_synthetic_observation(name):
 
 
 #: Bundled models measured NOT to beat the raw input on this held-out set (seed 4242, default
-#: microscope ranges, 16 pairs at 128 px; mean PSNR gain when last measured). These tiny,
-#: CPU-trained models are demonstration quality; the xfail is strict so that a retrained model
-#: that passes is noticed and taken off this list.
-KNOWN_WEAK = {
-    "ddpm-confocal": -2.6,
-    "ddpm-widefield": -1.0,
-    "pi-ddpm-confocal": -0.7,
-    "pi-ddpm-widefield": 0.3,  # beats the input on 8 of 16 pairs only
-}
+#: microscope ranges, 16 pairs at 128 px), with their mean PSNR gain when last measured. The
+#: xfail is strict, so a retrained model that passes is noticed and taken off the list. Empty
+#: since the GPU-trained diffusion models (2026-11-26); the CPU-trained ones gained -2.6 to
+#: +0.3 dB here.
+KNOWN_WEAK: dict[str, float] = {}
 
 
 def _weak_marks(names):
