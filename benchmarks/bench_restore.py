@@ -216,6 +216,9 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--planes", type=int, default=10, help="planes of the --full 2048^2 stack")
     ap.add_argument(
+        "--methods", default="rl,unet,pi-ddpm", help="comma-separated subset of rl,unet,pi-ddpm"
+    )
+    ap.add_argument(
         "--batch-size", type=int, default=4, help="tiles per network call (restore's batch_size)"
     )
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -269,7 +272,10 @@ def main() -> int:
     )
     print(head)
     print("-" * len(head))
+    wanted = {m.strip() for m in args.methods.split(",")}
     for method, setting, shape, kw in configs:
+        if method not in wanted:
+            continue
         if method != "rl":
             kw = {**kw, "batch_size": args.batch_size}
         r = run_config(
