@@ -281,8 +281,15 @@ def test_dihedral_keeps_observed_clean_equal_to_the_blurred_ground_truth(op):
     gt = torch.rand(2, 1, 24, 20, generator=g)  # not square: rot90 swaps the sides
     psf = torch.rand(2, 1, 7, 7, generator=g)  # asymmetric kernel
     psf = psf / psf.sum(dim=(-2, -1), keepdim=True)
-    batch = {"gt": gt, "observed_clean": blur(gt, psf, boundary="periodic"), "psf": psf}
+    scale = torch.rand(2, 1, generator=g)  # per-sample values are not images
+    batch = {
+        "gt": gt,
+        "observed_clean": blur(gt, psf, boundary="periodic"),
+        "psf": psf,
+        "scale": scale,
+    }
     moved = dihedral(batch, op)
+    assert moved["scale"] is scale
     expected = blur(moved["gt"], moved["psf"], boundary="periodic")
     torch.testing.assert_close(moved["observed_clean"], expected, atol=1e-6, rtol=1e-5)
     if op:  # only op 0 is the identity

@@ -1001,7 +1001,8 @@ def _step_batches(loader, start: int, total: int, cfg: TrainConfig, dev, rank: i
 
 
 def dihedral(batch: dict, op: int) -> dict:
-    """Apply one of the 8 rotations/flips (``op`` in 0..7) to every image and PSF of a batch.
+    """Apply one of the 8 rotations/flips (``op`` in 0..7) to every image and PSF of a batch
+    (its 4-D ``(B, C, H, W)`` tensors; other entries are passed on unchanged).
 
     The same transform of image and kernel commutes with (periodic) convolution for a kernel
     centred on its middle pixel, so ``observed_clean = A(gt)`` stays exact.
@@ -1010,11 +1011,11 @@ def dihedral(batch: dict, op: int) -> dict:
         raise ValueError(f"dihedral op {op} must be in 0..7")
     out = {}
     for k, v in batch.items():
-        if torch.is_tensor(v) and v.ndim >= 2:
+        if torch.is_tensor(v) and v.ndim == 4:
             t = torch.rot90(v, op % 4, dims=(-2, -1))
             if op >= 4:
                 t = torch.flip(t, dims=(-1,))
-            if v.ndim == 4 and v.is_contiguous(memory_format=torch.channels_last):
+            if v.is_contiguous(memory_format=torch.channels_last):
                 t = t.contiguous(memory_format=torch.channels_last)
             out[k] = t
         else:
