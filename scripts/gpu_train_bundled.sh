@@ -3,11 +3,14 @@
 # preset) side by side on one GPU in a fixed time budget, pack each run for the trip back,
 # then measure training and restore throughput on the same GPU.
 #
-#   OUT=/tmp/gpu-out BUDGET=380 bash scripts/gpu_train_bundled.sh
+#   OUT=/tmp/gpu-out BUDGET=360 RESTORE_BENCH_S=100 bash scripts/gpu_train_bundled.sh
 #
-# Expects python3 with torch (CUDA); wheels in .whl/ (packages the machine lacks) are
-# installed to /tmp/site first, and PSF banks prebuilt in .gpucache/ are reused (they are
-# rebuilt when missing). Writes $OUT/<run>.tgz (model, last checkpoint, logs, previews),
+# (what made the bundled models on 2026-11-26, followed on the same machine by
+# `piddpm train --resume --out /tmp/piddpm-runs/NAME --max-time 140` for each run).
+# Expects python3 with torch (CUDA); wheels in .whl/ (packages the machine lacks: there it
+# was pydantic, pydantic_core, annotated_types, typing_inspection, typing_extensions for
+# Python 3.12) are installed to /tmp/site first, and PSF banks prebuilt in .gpucache/
+# (PIDDPM_CACHE_DIR) are reused (they are rebuilt when missing). Writes $OUT/<run>.tgz (model, last checkpoint, logs, previews),
 # $OUT/summary.log (environment, training results, benchmark tables).
 set -u
 OUT=${OUT:-/tmp/gpu-out}
