@@ -9,8 +9,9 @@ Restore a fluorescence image with a bundled or trained model, or with Richardson
 
 Stacks (Z), channels (C) and time series (T) are restored plane by plane; any image size
 is cut into overlapping tiles that are blended without seams. Each plane is mapped from the
-percentiles the model was trained with (its ``percentiles``; default 0.1 and 99.9) to [-1, 1] for the model and back afterwards, so the output is in
-the input's intensity units (see docs/restore.md for what that means for comparisons).
+intensity percentiles the model names (0.1 and 99.9 unless its model.json says otherwise) to
+[-1, 1] for the model and back afterwards, so the output is in the input's intensity units
+(see docs/restore.md for what that means for comparisons).
 The output is a float32 OME-TIFF (or OME-Zarr for Zarr input or a .zarr output path) with
 the input's axes, shape and pixel size, and metadata stating how it was made.
 
@@ -136,7 +137,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "the model's",
     )
     t = p.add_argument_group("tiling and execution")
-
     t.add_argument(
         "--tile",
         type=int,
