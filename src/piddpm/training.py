@@ -914,7 +914,8 @@ def _train(cfg, out: Path, resume: bool, dev, dist: DistInfo, progress: bool, st
         ema.update(net)
         step += 1
         steps_since += 1
-        if cfg.max_time_s is not None:
+        # under DDP the ranks agree by a collective: only at log rows, not on every step
+        if cfg.max_time_s is not None and (not dist.enabled or step % cfg.log_every == 0):
             timed_out = _time_is_up(time.perf_counter() - t_run >= cfg.max_time_s, dist, dev)
 
         terms = {"loss": loss.detach().float(), **logs}
