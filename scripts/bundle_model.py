@@ -170,7 +170,11 @@ def export_weights(run_dir: Path, dest: Path, *, from_checkpoint: bool) -> dict[
         "steps": step,
         "exported_from_checkpoint": ckpt.name,
         # the checkpoint does not record the hardware; the run was on this machine's CPU
-        "hardware": {"device": "cpu", "device_name": cpu_model(), "torch": torch.__version__},
+        "hardware": {
+            "device": "cpu",
+            "device_name": training.cpu_name(),
+            "torch": torch.__version__,
+        },
     }
     if val:
         extra["val_metrics"] = {
@@ -183,17 +187,6 @@ def export_weights(run_dir: Path, dest: Path, *, from_checkpoint: bool) -> dict[
         extra["images_per_s"] = log[-1].get("images_per_s")
     training.export_model(dest / "model", ema.module.eval(), cfg, **extra)
     return {"source": str(ckpt), "step": step}
-
-
-def cpu_model() -> str:
-    """The CPU's ``model name`` from ``/proc/cpuinfo`` ('unknown CPU' if unreadable)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 # -------------------------------------------------------------------------- restoring
@@ -556,6 +549,8 @@ def model_card(
 ) -> str:
     """The ``MODEL_CARD.md`` text, generated from the model configuration, the run's
     ``log.csv`` / ``val.csv`` and the held-out evaluation."""
+    from piddpm.training import cpu_name
+
     method = cfg["method"]
     data = cfg.get("data", {})
     tr = cfg.get("training", {})
@@ -619,7 +614,7 @@ def model_card(
         add(f"- Hardware: GPU, {hw.get('device_name')}" + (f"; {sw}" if sw else ""))
     else:
         add(
-            f"- Hardware: CPU, 2 cores ({hw.get('device_name') or cpu_model()}), trained "
+            f"- Hardware: CPU, 2 cores ({hw.get('device_name') or cpu_name()}), trained "
             "while other jobs shared the machine" + (f"; {sw}" if sw else "")
         )
     if tr.get("stopped_by_time_limit") or tcfg.get("max_time_s"):

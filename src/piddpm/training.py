@@ -554,19 +554,20 @@ def write_preview(path: Path, rows: list[tuple[torch.Tensor, ...]]) -> None:
     os.replace(tmp, path)
 
 
+def cpu_name() -> str:
+    """The CPU's ``model name`` from ``/proc/cpuinfo``, else what :mod:`platform` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware_description(device: torch.device, dist: DistInfo) -> dict[str, Any]:
     """What the run ran on (stored in ``model.json``)."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
         "device": device.type,
         "device_name": name,
