@@ -60,7 +60,9 @@ def test_microscope_draws_respect_the_ranges():
     assert na.min() >= 0.4 and na.max() <= 1.0
     assert all(320 <= m.ex_wavelength_nm <= 400 and 450 <= m.em_wavelength_nm <= 550 for m in ms)
     nyq = em * 1e-3 / (4 * na)
-    assert np.all(px / nyq >= 0.8 - 1e-9) and np.all(px / nyq <= 1.2 + 1e-9)
+    assert np.all(px / nyq >= 0.5 - 1e-9) and np.all(px / nyq <= 1.6 + 1e-9)
+    # the default range is covered, not just respected
+    assert (px / nyq).min() < 0.55 and (px / nyq).max() > 1.5
     conf = np.array([m.modality == "confocal" for m in ms])
     assert abs(conf.mean() - 0.5) < 0.05
     pin = np.array([m.pinhole_au for m in ms])
@@ -246,3 +248,56 @@ def test_dataset_errors_are_clear(default_bank):
         PairedDataset(size=16, bank=default_bank)
     with pytest.raises(PiddpmError, match="normalisation 'zscore'"):
         PairedDataset(size=64, bank=default_bank, normalisation="zscore")
+
+
+# ------------------------------------------------------------------------- field crops
+def test_field_items_are_normalised_on_the_whole_field_with_restores_rule(monkeypatch):
+    """One function computes the intensity range for training fields and for restore's planes,
+    and a training item is a window of a field normalised as a whole."""
+    import piddpm.normalisation as normalisation
+    from piddpm.restore import _plane_range
+
+    seen = []
+    real = normalisation.intensity_range
+
+    def spy(values, percentiles=normalisation.DEFAULT_PERCENTILES, **kw):
+        seen.append((tuple(values.shape[-2:]), tuple(percentiles)))
+        return real(values, percentiles, **kw)
+
+    monkeypatch.setattr(normalisation, "intensity_range", spy)
+    ds = PairedDataset(
+        size=32, length=4, seed=1, n_kernels=4, kernel_size=9,
+        normalisation="percentile", field_factor=3,
+    )
+    item = ds[0]
+    assert seen[-1] == ((96, 96), normalisation.DEFAULT_PERCENTILES)
+    assert item["observed"].shape == (1, 32, 32)
+    p = item["params"]
+    assert p["field_size"] == 96 and 0 <= p["patch_y0"] <= 64 and 0 <= p["patch_x0"] <= 64
+    _plane_range(np.zeros((16, 16)) + np.arange(16), (0.1, 99.9))
+    assert seen[-1] == ((16, 16), (0.1, 99.9))
+
+
+def test_field_crops_show_dim_and_background_patches_that_per_patch_minmax_never_shows():
+    """Sparse specimens on a 4x-area field: some windows hold only background, which sits
+    near -1 after whole-field normalisation; per-patch min-max always spans [-1, 1]."""
+    kw = dict(size=32, length=24, seed=2, n_kernels=4, kernel_size=9, specimens="puncta")
+    fields = PairedDataset(normalisation="percentile", field_factor=4, **kw)
+    patches = PairedDataset(normalisation="minmax", field_factor=1, **kw)
+    top_field = [float(fields[i]["observed"].max()) for i in range(len(fields))]
+    top_patch = [float(patches[i]["observed"].max()) for i in range(len(patches))]
+    assert np.allclose(top_patch, 1.0, atol=1e-5)
+    assert min(top_field) < 0.0  # a dim / background-only window
+
+
+def test_field_crop_keeps_the_forward_model_away_from_the_patch_border():
+    from piddpm.acquisition import blur
+
+    ds = PairedDataset(
+        size=48, length=2, seed=3, n_kernels=4, kernel_size=9,
+        normalisation="percentile", field_factor=2,
+    )
+    it = ds[1]
+    ref = blur(it["gt"][None].double(), it["psf"][None].double(), boundary="zero")[0]
+    inner = (slice(None), slice(4, -4), slice(4, -4))  # kernel radius 4
+    assert torch.allclose(ref[inner].float(), it["observed_clean"][inner], atol=1e-4)

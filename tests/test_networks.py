@@ -171,3 +171,66 @@ def test_load_reports_missing_and_corrupt_files(tmp_path):
 def test_save_refuses_non_json_config(tmp_path):
     with pytest.raises(PiddpmError, match="JSON"):
         save_model(tmp_path / "m", small_net(), {"tensor": torch.zeros(1)})
+
+
+def _randomised(net):
+    """Random affine parameters in the norms too, so the test sees what a trained net does."""
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    return net.eval()
+
+
+@pytest.mark.parametrize("norm", ["layer", "none"])
+def test_per_pixel_norm_network_output_on_a_crop_agrees_with_the_whole_image(norm):
+    torch.manual_seed(0)
+    net = _randomised(build_unet("tiny", 2, 2, norm=norm))
+    assert net.tile_invariant
+    r = net.receptive_radius()
+    # a 256^2 image of a bright object on a dark background, and a crop at a multiple of 8
+    x = torch.randn(1, 2, 256, 256) * 0.1
+    x[:, :, 150:200, 40:90] += 2.0
+    with torch.no_grad():
+        whole = net(x, 0.5)
+        y0, x0, size = 16, 24, 232  # crop (16..248, 24..256) - offsets multiples of 8
+        crop = net(x[..., y0 : y0 + size, x0 : x0 + size], 0.5)
+    # the crop's interior: farther than the receptive radius from every crop edge that is not
+    # also an edge of the whole image
+    inner_whole = whole[..., y0 + r : y0 + size - r, x0 + r : 256]
+    inner_crop = crop[..., r : size - r, r:]
+    assert inner_crop.numel() > 0
+    rel = (inner_crop - inner_whole).abs().max() / inner_whole.abs().max()
+    assert rel < 1e-4
+
+
+def test_group_norm_output_on_a_crop_depends_on_the_rest_of_the_image():
+    """The failure that per-pixel norms fix: GroupNorm statistics are taken over the tile."""
+    torch.manual_seed(0)
+    net = _randomised(build_unet("tiny", 2, 2, norm="group"))
+    assert not net.tile_invariant
+    x = torch.randn(1, 2, 256, 256) * 0.1
+    x[:, :, 150:200, 40:90] += 2.0
+    with torch.no_grad():
+        whole = net(x, 0.5)
+        crop = net(x[..., 0:128, 128:256], 0.5)  # background only: no bright object
+    diff = (crop[..., 48:80, 48:80] - whole[..., 48:80, 176:208]).abs().max()
+    assert diff / whole.abs().max() > 1e-2
+
+
+def test_receptive_radius_bounds_the_influence_of_a_distant_pixel():
+    """A pixel beyond the stated radius does not change the output; one inside does."""
+    torch.manual_seed(0)
+    net = _randomised(build_unet("tiny", 1, 1, conditioned=False, norm="none"))
+    r = net.receptive_radius()
+    size = 2 * r + 64
+    x = torch.zeros(1, 1, size, size)
+    with torch.no_grad():
+        base = net(x, None)
+        c = size // 2
+        far = x.clone()
+        far[..., c, c + r + 9] = 5.0
+        near = x.clone()
+        near[..., c, c + r // 2] = 5.0
+        assert torch.equal(net(far, None)[..., c, c], base[..., c, c])
+        assert (net(near, None)[..., c, c] - base[..., c, c]).abs() > 0

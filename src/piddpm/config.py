@@ -102,6 +102,16 @@ class DataConfig(_Strict):
         description="Per-sample affine map from the noisy observation to model units: its "
         "min/max (minmax, as the paper) or 0.1/99.9 percentiles (percentile) to -1/1.",
     )
+    field_factor: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="1: each patch is simulated and normalised on its own. k > 1: a field of "
+        "k x the patch side is simulated, normalised as a whole with `normalisation` (the rule "
+        "restore applies to a whole plane) and a random patch is cut from it, so dim, "
+        "background-only and partly saturated patches occur in training as tiles do at "
+        "restore time (cost: k^2 x the simulation per patch).",
+    )
     images_dir: str | None = Field(
         None,
         description="Folder of natural images for the `natural` specimen; None = the "

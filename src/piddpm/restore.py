@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from piddpm import PiddpmError, __version__
+from piddpm.normalisation import DEFAULT_PERCENTILES  # per-plane percentiles -> -1, +1
 
 __all__ = [
     "RestoreResult",
@@ -62,8 +63,6 @@ SAMPLERS = ("ddpm", "ddim")
 GUIDANCES = ("learned", "known", "both", "none")
 #: Regulariser applied during diffusion sampling.
 REGULARISERS = ("l1", "l2", "none")
-#: Percentiles of each plane mapped to -1 and +1.
-DEFAULT_PERCENTILES = (0.1, 99.9)
 #: Smallest plane (pixels per side) that restore accepts.
 MIN_PLANE_SIZE = 8
 #: DDIM steps when neither the caller nor the model says.
@@ -213,21 +212,16 @@ def _percentiles_from_config(cfg: dict | None) -> tuple[float, float]:
 
 
 def _check_percentiles(p) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in p)
-    except (TypeError, ValueError) as err:
-        raise PiddpmError(f"percentiles must be two numbers (low, high), got {p!r}") from err
-    if not (0.0 <= lo < hi <= 100.0):
-        raise PiddpmError(f"percentiles must satisfy 0 <= low < high <= 100, got {p!r}")
-    return lo, hi
+    from piddpm.normalisation import check_percentiles
+
+    return check_percentiles(p)
 
 
 def _plane_range(plane: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
-    lo, hi = np.percentile(plane, percentiles)
-    lo, hi = float(lo), float(hi)
-    if not hi > lo:  # flat (or nearly flat) plane: any positive span keeps it flat
-        hi = lo + max(1e-6 * abs(lo), 1e-12)
-    return lo, hi
+    """The plane's ``(lo, hi)``: the rule training uses on its simulated fields."""
+    from piddpm import normalisation
+
+    return normalisation.intensity_range(plane, percentiles)
 
 
 # --------------------------------------------------------------------------------------

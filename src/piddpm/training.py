@@ -218,6 +218,7 @@ def make_dataset(
             n_kernels=n_kernels or cfg.data.n_kernels,
             kernel_size=cfg.data.psf_size,
             normalisation=cfg.data.normalisation,
+            field_factor=cfg.data.field_factor,
             **kwargs,
         )
     except TypeError as err:  # an unknown dataset_kwargs key
@@ -1155,6 +1156,7 @@ def model_config(cfg: TrainConfig, **extra: Any) -> dict[str, Any]:
             "modality": cfg.data.modality,
             "ranges": ranges,
             "patch_size": cfg.patch_size,
+            "field_factor": cfg.data.field_factor,
             "psf_size": cfg.data.psf_size,
         },
         "training": {

@@ -17,10 +17,14 @@ The acquisition of one sample (physical units: photo-electrons, gain 1, offset 0
     observed   = Poisson(clean_phys) + N(0, read_noise^2)
 
 Normalisation convention (``docs/architecture.md``): one affine map ``v -> a v + b`` per
-sample, computed from the noisy observation (min-max to [-1, 1], or robust 0.1/99.9
-percentiles to [-1, 1]), applied to gt, observed and observed_clean alike. Because the blur is
-periodic and the kernel has unit sum, ``observed_clean == blur(gt, psf, "periodic")`` holds in
-model units up to float error. The ground truth may exceed [-1, 1] (blurring lowers peaks).
+sample, computed from the noisy observation (min-max to [-1, 1], or restore's rule, the 0.1/99.9
+percentiles to [-1, 1], :mod:`piddpm.normalisation`), applied to gt, observed and
+observed_clean alike. With ``field_factor > 1`` the map is computed on a simulated field of
+``field_factor**2`` times the patch area, and the item is a random window of it, exactly as
+restore normalises a whole plane before cutting tiles. With ``field_factor == 1`` the blur is
+periodic and the kernel has unit sum, so ``observed_clean == blur(gt, psf, "periodic")`` holds
+in model units up to float error (with a field, it holds away from the patch border). The
+ground truth may exceed [-1, 1] (blurring lowers peaks).
 """
 
 from __future__ import annotations
@@ -60,19 +64,19 @@ def normalisation_note(method: Normalisation = "minmax") -> str:
 def normalisation_map(
     observed: torch.Tensor, method: Normalisation = "minmax"
 ) -> tuple[float, float]:
-    """The affine map ``(a, b)`` sending the observation's min / max (or 0.1 / 99.9
-    percentiles) to -1 / 1."""
-    flat = observed.detach().reshape(-1).to(torch.float64)
+    """The affine map ``(a, b)`` sending the observation's min / max (``minmax``) or its 0.1 /
+    99.9 percentiles (``percentile``, restore's rule: :func:`piddpm.normalisation.intensity_range`)
+    to -1 / 1."""
+    from piddpm.normalisation import DEFAULT_PERCENTILES, affine_map, intensity_range
+
     if method == "minmax":
-        lo, hi = float(flat.min()), float(flat.max())
+        percentiles = (0.0, 100.0)
     elif method == "percentile":
-        q = torch.quantile(flat, torch.tensor([0.001, 0.999], dtype=torch.float64))
-        lo, hi = float(q[0]), float(q[1])
+        percentiles = DEFAULT_PERCENTILES
     else:
         raise PiddpmError(f"normalisation {method!r} is unknown: expected 'minmax' or 'percentile'")
-    span = max(hi - lo, 1e-12)
-    a = 2.0 / span
-    return a, -1.0 - a * lo
+    lo, hi = intensity_range(observed, percentiles)
+    return affine_map(lo, hi)
 
 
 class PairedDataset(Dataset):
@@ -106,6 +110,11 @@ class PairedDataset(Dataset):
     psf_choice : {"random", "cycle"}
         Item ``i`` uses a random bank entry (default) or entry ``i % len(bank)`` (every
         microscope used once per ``len(bank)`` items; what ``piddpm simulate`` does).
+    field_factor : int
+        1 (default): the patch is the whole simulated image. ``k > 1``: a field of side
+        ``k * size`` is simulated and normalised as a whole (as restore normalises a whole
+        plane), and a random ``size x size`` window of it is the item, so dim,
+        background-only and partly saturated patches occur as tiles of real planes do.
 
     Items
     -----
@@ -131,6 +140,7 @@ class PairedDataset(Dataset):
         images_dir: str | os.PathLike | None = None,
         kernel_size: int = 33,
         psf_choice: Literal["random", "cycle"] = "random",
+        field_factor: int = 1,
     ):
         self.size = int(size)
         self.length = int(length)
@@ -150,6 +160,9 @@ class PairedDataset(Dataset):
             raise PiddpmError(f"psf_choice {psf_choice!r} is unknown: expected 'random' or 'cycle'")
         self.psf_choice = psf_choice
         self.images_dir = images_dir
+        if isinstance(field_factor, bool) or int(field_factor) != field_factor or field_factor < 1:
+            raise PiddpmError(f"field_factor must be a positive integer, got {field_factor!r}")
+        self.field_factor = int(field_factor)
         if "images" in self.mixture.names and images_dir is None:
             raise PiddpmError("specimen 'images' needs images_dir (a folder of tif/png/jpg files)")
         self.bank = (
@@ -187,8 +200,9 @@ class PairedDataset(Dataset):
         kernel, micro = self.bank[j]
         micro = micro.replace(**sample_noise(self.ranges, rng))
         name = self.mixture.choose(rng)
+        field = self.size * self.field_factor
         gt = self.mixture.render(
-            self.size, micro.pixel_size_um, generator=rng, images_dir=self.images_dir, name=name
+            field, micro.pixel_size_um, generator=rng, images_dir=self.images_dir, name=name
         )
         gt64 = torch.from_numpy(gt).to(torch.float64)[None, None]
         psf64 = kernel.to(torch.float64)[None, None]
@@ -202,15 +216,22 @@ class PairedDataset(Dataset):
             generator=tgen,
         )
         a, b = normalisation_map(observed, self.normalisation)
-        gt_m = a * (scale * gt64 + micro.background) + b
-        clean_m = a * (scale * blurred + micro.background) + b
-        obs_m = a * observed + b
+        y0 = x0 = 0
+        if self.field_factor > 1:  # the patch: a random window of the normalised field
+            y0, x0 = (int(v) for v in rng.integers(0, field - self.size + 1, size=2))
+        win = (..., slice(y0, y0 + self.size), slice(x0, x0 + self.size))
+        gt_m = a * (scale * gt64[win] + micro.background) + b
+        clean_m = a * (scale * blurred[win] + micro.background) + b
+        obs_m = a * observed[win] + b
         params = micro.as_dict()
         params.update(
             norm_scale=a,
             norm_offset=b,
             photons_per_unit=scale,
             index=float(index),
+            field_size=float(field),
+            patch_y0=float(y0),
+            patch_x0=float(x0),
             psf_index=float(j),
         )
         return {

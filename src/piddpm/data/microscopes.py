@@ -12,7 +12,7 @@ reference code, corrected where the physics requires it (see ``docs/data.md``):
   near-ideal point pinhole (< 0.5 AU in half the draws), which real instruments avoid (too
   little light; 0.5-1.5 AU is usual). The paper's text says micrometres, which is no unit for
   a pinhole referred to the sample either. We draw the diameter in AU over the useful range.
-- pixel size = U(0.8, 1.2) x lambda_em / (4 NA) (around Nyquist sampling of the emission
+- pixel size = U(0.5, 1.6) x lambda_em / (4 NA) (around Nyquist sampling of the emission
   OTF, whose cut-off is 2 NA / lambda), clamped to [0.02, 0.5] um. The reference draws
   40-60 nm pixels for every NA: 2-6x finer than Nyquist, which wastes the patch on blur.
 - z: the 3-D PSF is averaged over planes within +-``z_half_range_um`` (U(0, 1) um; the
@@ -76,7 +76,7 @@ class MicroscopeRanges(BaseModel):
     """Emission wavelength (nm)."""
     pinhole_au: Range = (0.1, 2.0)
     """Confocal pinhole diameter in Airy units (1 AU = 1.22 lambda_em / NA)."""
-    pixel_nyquist_factor: Range = (0.8, 1.2)
+    pixel_nyquist_factor: Range = (0.5, 1.6)
     """Pixel size as a multiple of the Nyquist pixel lambda_em / (4 NA)."""
     pixel_size_um_limits: Range = (0.02, 0.5)
     """Clamp of the pixel size (um)."""

@@ -31,11 +31,17 @@ from torch import nn
 
 from piddpm import PiddpmError
 
-Norm = Literal["group", "instance"]
+Norm = Literal["group", "instance", "layer", "none"]
+#: Normalisations whose output at a pixel depends only on that pixel's channels: a network
+#: built only from these (and convolutions) is translation-equivariant, so a tile's interior
+#: does not depend on what else the tile holds (see :class:`ChannelLayerNorm`).
+PER_PIXEL_NORMS = ("layer", "none")
 Activation = Literal["silu", "softplus"]
 
 __all__ = [
+    "PER_PIXEL_NORMS",
     "PRESETS",
+    "ChannelLayerNorm",
     "PadInfo",
     "UNet",
     "build_unet",
@@ -85,7 +91,32 @@ def _activation(name: str) -> nn.Module:
     raise PiddpmError(f"activation {name!r} unknown; expected 'silu' or 'softplus'")
 
 
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels of each pixel (as in ConvNeXt), with a per-channel affine.
+
+    ``y[b, c, i, j] = (x[b, c, i, j] - mean_c x[b, :, i, j]) / sqrt(var_c x[b, :, i, j] + eps)
+    * weight[c] + bias[c]``. Unlike GroupNorm, whose statistics run over the whole image, the
+    output at a pixel depends only on that pixel, so restoring a tile or the whole plane gives
+    the same interior values, and a background-only tile is not rescaled to look like a busy one.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = float(eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # channels to the last axis (a view for channels_last tensors), fused layer_norm there
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2)
+
+
 def _norm(kind: str, channels: int, num_groups: int) -> nn.Module:
+    if kind == "layer":
+        return ChannelLayerNorm(channels)
+    if kind == "none":
+        return nn.Identity()
     if kind == "group":
         groups = math.gcd(channels, num_groups)
         return nn.GroupNorm(groups, channels)
@@ -93,7 +124,9 @@ def _norm(kind: str, channels: int, num_groups: int) -> nn.Module:
         # GroupNorm with one channel per group == InstanceNorm2d(affine=True), without the
         # train/eval switch of running statistics.
         return nn.GroupNorm(channels, channels)
-    raise PiddpmError(f"norm {kind!r} unknown; expected 'group' or 'instance'")
+    raise PiddpmError(
+        f"norm {kind!r} unknown; expected 'group', 'instance', 'layer' (per pixel) or 'none'"
+    )
 
 
 class NoiseLevelEmbedding(nn.Module):
@@ -194,7 +227,12 @@ class UNet(nn.Module):
         bottleneck also gets one when this is non-empty.
     conditioned : bool
         False builds the network without a noise-level embedding (``gamma`` is ignored).
-    norm : {"group", "instance"}
+    norm : {"group", "instance", "layer", "none"}
+        ``group`` / ``instance``: statistics over the whole image (per group of channels), so
+        the output depends on everything in the tile; ``layer`` (:class:`ChannelLayerNorm`,
+        per pixel) or ``none``: the network is translation-equivariant for shifts that are
+        multiples of :attr:`downsample_factor`, and its output at a pixel depends only on the
+        receptive field around it (:meth:`receptive_field`).
     activation : {"silu", "softplus"}
     num_groups : int
         Groups of GroupNorm (reduced to a divisor of the channel count where needed).
@@ -371,6 +409,32 @@ class UNet(nn.Module):
     def crop_padding(x: torch.Tensor, info: PadInfo) -> torch.Tensor:
         """Undo :meth:`pad_to_multiple`."""
         return crop_padding(x, info)
+
+    @property
+    def tile_invariant(self) -> bool:
+        """True when the output at a pixel depends only on its receptive field (per-pixel or no
+        normalisation, no self-attention): tiled and whole-plane restores then agree in the
+        tile interiors."""
+        return self.config["norm"] in PER_PIXEL_NORMS and not self.config["attention_levels"]
+
+    def receptive_radius(self) -> int:
+        """Radius in input pixels of the receptive field of one output pixel (3x3 convolutions,
+        stride-2 down-sampling, nearest up-sampling): beyond this distance from a tile edge, a
+        :attr:`tile_invariant` network gives the same output as on the whole plane."""
+        cfg = self.config
+        levels, blocks = len(cfg["channel_mults"]), cfg["num_res_blocks"]
+        r = 1  # conv_in
+        for level in range(levels):
+            r += 2 * blocks * 2**level
+            if level < levels - 1:
+                r += 2**level  # stride-2 conv, seen at the finer level
+        if cfg["mid_block"]:
+            r += 4 * 2 ** (levels - 1)
+        for level in reversed(range(levels)):
+            r += 2 * blocks * 2**level
+            if level > 0:
+                r += 2 ** (level - 1)  # 3x3 conv after the nearest up-sampling
+        return r + 1  # conv_out
 
     def num_parameters(self) -> int:
         """Number of parameters (all of them: an EMA copy has ``requires_grad`` off)."""
