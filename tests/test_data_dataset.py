@@ -266,8 +266,13 @@ def test_field_items_are_normalised_on_the_whole_field_with_restores_rule(monkey
 
     monkeypatch.setattr(normalisation, "intensity_range", spy)
     ds = PairedDataset(
-        size=32, length=4, seed=1, n_kernels=4, kernel_size=9,
-        normalisation="percentile", field_factor=3,
+        size=32,
+        length=4,
+        seed=1,
+        n_kernels=4,
+        kernel_size=9,
+        normalisation="percentile",
+        field_factor=3,
     )
     item = ds[0]
     assert seen[-1] == ((96, 96), normalisation.DEFAULT_PERCENTILES)
@@ -294,8 +299,13 @@ def test_field_crop_keeps_the_forward_model_away_from_the_patch_border():
     from piddpm.acquisition import blur
 
     ds = PairedDataset(
-        size=48, length=2, seed=3, n_kernels=4, kernel_size=9,
-        normalisation="percentile", field_factor=2,
+        size=48,
+        length=2,
+        seed=3,
+        n_kernels=4,
+        kernel_size=9,
+        normalisation="percentile",
+        field_factor=2,
     )
     it = ds[1]
     ref = blur(it["gt"][None].double(), it["psf"][None].double(), boundary="zero")[0]

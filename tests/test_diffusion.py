@@ -34,6 +34,7 @@ from piddpm.diffusion import (
     supervised_predict,
 )
 from piddpm.diffusion.guidance import rms
+from piddpm.networks import build_unet
 
 DT = torch.float64
 
@@ -655,3 +656,53 @@ def test_tiny_pi_ddpm_overfits_one_pair_far_better_than_its_observation():
     for name, out in (("DDIM-20", ddim), ("DDPM-200", ddpm)):
         gain = psnr(out.mean) - psnr(obs)
         assert gain > 3.0, f"{name}: PSNR gain {gain:.2f} dB (observation {psnr(obs):.2f} dB)"
+
+
+# ------------------------------------------------------------------ position-addressed noise
+def test_plane_noise_windows_agree_where_they_overlap_and_are_standard_normal():
+    from piddpm.diffusion.noise import PlaneNoise
+
+    field = PlaneNoise(seed=7, block=16)
+    big = field.window(3, 0, 1, -8, 5, 100, 90)
+    small = field.window(3, 0, 1, 20, 37, 30, 41)
+    assert torch.equal(small, big[:, 28:58, 32:73])
+    assert abs(float(big.mean())) < 0.05 and abs(float(big.std()) - 1) < 0.05
+    # other key, sample or seed: other (uncorrelated) noise
+    for other in (
+        field.window(4, 0, 1, -8, 5, 100, 90),
+        field.window(3, 1, 1, -8, 5, 100, 90),
+        PlaneNoise(8, 16).window(3, 0, 1, -8, 5, 100, 90),
+    ):
+        assert abs(float((other * big).mean())) < 0.05
+
+
+def test_sampler_draws_from_the_noise_source_when_one_is_given():
+    from piddpm.diffusion.noise import PlaneNoise, TileNoise
+
+    torch.manual_seed(0)
+    net = build_unet("tiny", 2, 2).eval()
+    sched = linear_schedule(20)
+    x = torch.randn(2, 1, 32, 32)
+    field = PlaneNoise(1)
+    noise = TileNoise([field, field], [(0, 0), (0, 16)], num_samples=1)
+    a = ddim_sample(
+        net,
+        x,
+        sched,
+        num_steps=4,
+        eta_ddim=1.0,
+        noise=noise,
+        generator=torch.Generator().manual_seed(1),
+    )
+    b = ddim_sample(
+        net,
+        x,
+        sched,
+        num_steps=4,
+        eta_ddim=1.0,
+        noise=noise,
+        generator=torch.Generator().manual_seed(2),
+    )
+    assert torch.equal(a.mean, b.mean)  # the generator is not used
+    with pytest.raises(PiddpmError, match="noise for a batch"):
+        ddim_sample(net, x, sched, num_steps=2, num_samples=2, noise=noise)

@@ -63,6 +63,9 @@ SAMPLERS = ("ddpm", "ddim")
 GUIDANCES = ("learned", "known", "both", "none")
 #: Regulariser applied during diffusion sampling.
 REGULARISERS = ("l1", "l2", "none")
+#: For tile-invariant networks, the fraction of the overlap at each inner tile edge that gets
+#: no blending weight (unless the model's restore_defaults give ``tile_margin``).
+TILE_MARGIN_FRACTION = 0.25
 #: Smallest plane (pixels per side) that restore accepts.
 MIN_PLANE_SIZE = 8
 #: DDIM steps when neither the caller nor the model says.
@@ -454,31 +457,35 @@ class _DiffusionTiles:
         samples,
         device,
         psf_t,
-        generator,
+        noise_field,
         with_residual,
         factor,
     ):
         self.net, self.schedule = net, schedule
         self.sampler, self.kwargs = sampler, sampler_kwargs
         self.samples, self.device, self.psf_t = samples, device, psf_t
-        self.generator, self.with_residual, self.factor = generator, with_residual, factor
+        self.noise_field, self.with_residual, self.factor = noise_field, with_residual, factor
 
-    def __call__(self, batch: np.ndarray):
+    def __call__(self, batch: np.ndarray, origins: list[tuple[int, int]]):
         import torch
 
         from piddpm.diffusion import ddim_sample, ddpm_sample
+        from piddpm.diffusion.noise import TileNoise
         from piddpm.tiling import crop_to, pad_to_multiple
 
         padded, size = pad_to_multiple(batch, self.factor)
         x = torch.from_numpy(np.ascontiguousarray(padded)).to(self.device)
         fn = ddim_sample if self.sampler == "ddim" else ddpm_sample
+        # one noise field per plane, cropped at each tile's position: overlapping tiles draw
+        # the same noise where they overlap (padding extends the tile down/right in the plane)
+        noise = TileNoise([self.noise_field] * len(origins), origins, self.samples)
         res = fn(
             self.net,
             x,
             self.schedule,
             psf=self.psf_t,
             num_samples=self.samples,
-            generator=self.generator,
+            noise=noise,
             progress=False,
             **self.kwargs,
         )
@@ -837,6 +844,7 @@ def restore(
     tile_fn_factory = None
     out_channels = 1
     net = None
+    tile_margin = 0
     if method == "rl":
         if samples > 1:
             warnings.warn("Richardson-Lucy is deterministic: samples > 1 ignored", stacklevel=2)
@@ -884,6 +892,11 @@ def restore(
                 (height, width),
             )
             meta.update(tile=tile, overlap=overlap)
+        if getattr(net, "tile_invariant", False):
+            # the outer pixels of a tile, where the network sees its zero padding, get no
+            # weight in the blend (measured in docs/restore.md)
+            tile_margin = int(defaults.get("tile_margin", TILE_MARGIN_FRACTION * overlap))
+        meta["tile_margin"] = tile_margin
         if method == "unet":
             if samples > 1:
                 warnings.warn("the U-Net is deterministic: samples > 1 ignored", stacklevel=2)
@@ -973,6 +986,10 @@ def restore(
                 kwargs["lam"] = float(lam)
             if eta is not None:
                 kwargs["eta"] = float(eta)
+            # a tile-invariant network gets a tile-invariant guidance step (no per-tile rms)
+            kwargs["guidance_norm"] = defaults.get("guidance_norm") or (
+                "none" if getattr(net, "tile_invariant", False) else "per-image"
+            )
             effective = _effective_sampler_settings(sampler, kwargs)
             meta.update(
                 sampler=sampler,
@@ -983,11 +1000,13 @@ def restore(
                 guidance=guidance,
                 samples=samples,
                 eta_ddim=effective.get("eta_ddim"),
+                guidance_norm=kwargs["guidance_norm"],
+                noise="one field per plane (PlaneNoise), cropped per tile",
             )
 
             def tile_fn_factory(plane_index):
-                gen = torch.Generator(device=dev)
-                gen.manual_seed((seed * 1_000_003 + plane_index) % (2**63))
+                from piddpm.diffusion.noise import PlaneNoise
+
                 return _DiffusionTiles(
                     net,
                     schedule,
@@ -996,7 +1015,7 @@ def restore(
                     samples=samples,
                     device=dev,
                     psf_t=psf_t,
-                    generator=gen,
+                    noise_field=PlaneNoise((seed * 1_000_003 + plane_index) % (2**63)),
                     with_residual=use_residual,
                     factor=factor,
                 )
@@ -1080,6 +1099,8 @@ def restore(
                     batch_size,
                     out_channels=out_channels,
                     progress=bar,
+                    with_origins=isinstance(fn, _DiffusionTiles),
+                    margin=min(tile_margin, max((eff_overlap - 1) // 2, 0)),
                 )
             del plane_in
             k = 0

@@ -35,6 +35,7 @@ __all__ = [
     "axis_starts",
     "tile_positions",
     "hann_ramp",
+    "margin_ramp",
     "blend_window",
     "restore_tiled",
     "pad_to_multiple",
@@ -120,6 +121,21 @@ def hann_ramp(overlap: int) -> np.ndarray:
     return np.sin(0.5 * np.pi * (i + 0.5) / max(overlap, 1)) ** 2
 
 
+def margin_ramp(overlap: int, margin: int = 0) -> np.ndarray:
+    """Rising ramp over ``overlap`` pixels: ``margin`` zeros, a Hann ramp over the
+    ``overlap - 2 margin`` middle pixels, ``margin`` ones. ``ramp + ramp[::-1] == 1`` still
+    holds, so facing tiles keep a partition of unity, and the outer ``margin`` pixels of a tile
+    (where a network sees its zero padding) get no weight at all."""
+    margin = int(margin)
+    if overlap and not 0 <= 2 * margin < overlap:
+        raise PiddpmError(
+            f"tile margin ({margin} px) must satisfy 0 <= 2 x margin < overlap ({overlap} px)"
+        )
+    return np.concatenate(
+        [np.zeros(margin), hann_ramp(overlap - 2 * margin) if overlap else [], np.ones(margin)]
+    )
+
+
 def _axis_window(length: int, ramp: np.ndarray, taper_start: bool, taper_end: bool) -> np.ndarray:
     w = np.ones(length, dtype=np.float64)
     n = min(len(ramp), length)
@@ -137,6 +153,7 @@ def blend_window(
     overlap: int,
     *,
     taper: tuple[bool, bool, bool, bool] = (True, True, True, True),
+    margin: int = 0,
 ) -> np.ndarray:
     """Separable blending window for one tile, float32 ``(h, w)``.
 
@@ -148,15 +165,18 @@ def blend_window(
         Ramp length in pixels; 0 gives a window of ones.
     taper : (top, bottom, left, right)
         Which edges fall off; edges on the image border are not tapered.
+    margin : int
+        Pixels at each tapered edge that get weight 0 (:func:`margin_ramp`); with 0 (default)
+        the weights never reach 0.
 
     Returns
     -------
     numpy.ndarray
-        Weights in (0, 1], 1 in the interior, a Hann ramp over ``overlap`` pixels at tapered
-        edges (never exactly 0).
+        Weights in [0, 1], 1 in the interior, a ramp over ``overlap`` pixels at tapered
+        edges.
     """
     h, w = int(tile_shape[0]), int(tile_shape[1])
-    ramp = hann_ramp(overlap)
+    ramp = margin_ramp(overlap, margin)
     wy = _axis_window(h, ramp, taper[0], taper[1])
     wx = _axis_window(w, ramp, taper[2], taper[3])
     return np.outer(wy, wx).astype(np.float32)
@@ -179,6 +199,8 @@ def restore_tiled(
     *,
     out_channels: int | None = None,
     progress=None,
+    with_origins: bool = False,
+    margin: int = 0,
 ) -> np.ndarray:
     """Apply ``fn`` to overlapping tiles of ``image`` and blend the results seamlessly.
 
@@ -202,6 +224,16 @@ def restore_tiled(
     progress : None, bool or tqdm-like
         ``True`` shows a tqdm bar over tiles; an object with ``update(n)`` is advanced by the
         number of tiles done.
+    margin : int
+        Outer pixels of each tile edge inside the image that get no weight
+        (``0 <= 2 margin < overlap``; default 0). A network whose output depends only on a
+        receptive field (:attr:`piddpm.networks.UNet.tile_invariant`) gives, beyond the
+        margin, nearly the values of an untiled pass; ``margin >= receptive radius`` makes
+        them equal.
+    with_origins : bool
+        Call ``fn(batch, origins)`` with the top-left ``(y0, x0)`` of each tile in the plane,
+        for tile functions whose randomness is addressed by position
+        (:class:`piddpm.diffusion.noise.TileNoise`).
 
     Returns
     -------
@@ -214,6 +246,7 @@ def restore_tiled(
     and ``fn``'s working memory; the input is never copied whole.
     """
     tile, overlap = _check_tile_overlap(tile, overlap)
+    margin_ramp(overlap, margin)  # validates the margin
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise PiddpmError(f"batch size must be a positive integer, got {batch_size!r}")
     shape = tuple(int(s) for s in image.shape)
@@ -246,7 +279,11 @@ def restore_tiled(
                 tiles.append(t[None] if squeeze else t)
             batch = np.stack(tiles)
             del tiles
-            out = _to_numpy(fn(batch))
+            if with_origins:
+                origins = [(rows.start, cols.start) for rows, cols in chunk]
+                out = _to_numpy(fn(batch, origins))
+            else:
+                out = _to_numpy(fn(batch))
             del batch
             if (
                 out.ndim != 4
@@ -273,7 +310,7 @@ def restore_tiled(
                 key = (rows.stop - rows.start, cols.stop - cols.start, taper)
                 win = windows.get(key)
                 if win is None:
-                    win = windows[key] = blend_window(key[:2], overlap, taper=taper)
+                    win = windows[key] = blend_window(key[:2], overlap, taper=taper, margin=margin)
                 acc[:, rows, cols] += out[k].astype(np.float32, copy=False) * win
                 weight[rows, cols] += win
             del out

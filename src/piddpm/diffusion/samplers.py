@@ -15,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from piddpm import PiddpmError
 from piddpm.diffusion.guidance import (
+    PAPER_REFERENCE_PIXELS,
     Guidance,
     Likelihood,
     Regulariser,
@@ -31,7 +33,20 @@ from piddpm.diffusion.guidance import (
 from piddpm.diffusion.objectives import Target
 from piddpm.diffusion.schedules import Schedule, linear_schedule
 
-__all__ = ["SampleResult", "ddim_sample", "ddim_timesteps", "ddpm_sample", "learned_clean_scale"]
+#: How the learned physics gradient is scaled before it is applied: ``per-image`` divides it
+#: by its rms over the image (tile) it was computed on, as training normalises its target per
+#: patch; ``none`` uses the network's output as it is (it was trained to have unit rms), so
+#: the step at a pixel does not depend on the rest of the tile (tile-invariant restore).
+GuidanceNorm = Literal["per-image", "none"]
+
+__all__ = [
+    "GuidanceNorm",
+    "SampleResult",
+    "ddim_sample",
+    "ddim_timesteps",
+    "ddpm_sample",
+    "learned_clean_scale",
+]
 
 
 @dataclass
@@ -92,6 +107,7 @@ class _Setup:
     operator: object | None
     generator: torch.Generator | None
     factor: int
+    noise: object = None
 
 
 def _resolve_guidance(guidance: str, out_channels: int | None, c: int) -> tuple[bool, bool]:
@@ -110,7 +126,16 @@ def _resolve_guidance(guidance: str, out_channels: int | None, c: int) -> tuple[
     return learned, guidance in ("known", "both")
 
 
-def _setup(net, observed, psf, guidance, num_samples, generator) -> _Setup:
+def _check_noise_options(noise, guidance_norm) -> None:
+    if noise is not None and not callable(noise):
+        raise PiddpmError(
+            f"noise must be callable (key, shape, device, dtype) -> Tensor, got {noise!r}"
+        )
+    if guidance_norm not in ("per-image", "none"):
+        raise PiddpmError(f"guidance_norm must be 'per-image' or 'none', got {guidance_norm!r}")
+
+
+def _setup(net, observed, psf, guidance, num_samples, generator, noise=None) -> _Setup:
     from piddpm.networks.unet import pad_to_multiple
 
     if not torch.is_tensor(observed) or observed.ndim != 4:
@@ -145,13 +170,21 @@ def _setup(net, observed, psf, guidance, num_samples, generator) -> _Setup:
         if psf.shape[0] == b and num_samples > 1:
             psf = psf.repeat_interleave(num_samples, dim=0)
         op = BlurOperator(psf, image_shape=tuple(x.shape[-2:]), boundary="periodic")
-    return _Setup(x, pad, b, num_samples, c, use_learned, use_known, op, generator, factor)
+    return _Setup(x, pad, b, num_samples, c, use_learned, use_known, op, generator, factor, noise)
+
+
+def _draw(setup: _Setup, key: int, like: torch.Tensor) -> torch.Tensor:
+    """Draw ``key`` of the sampler's noise: from ``noise`` (position-addressed, e.g.
+    :class:`piddpm.diffusion.noise.TileNoise`) when given, else from ``generator``."""
+    if setup.noise is not None:
+        return setup.noise(key, like.shape, like.device, like.dtype)
+    return _randn(like.shape, like, setup.generator)
 
 
 def _initial(setup: _Setup, initial_noise: torch.Tensor | None) -> torch.Tensor:
     x = setup.x
     if initial_noise is None:
-        return _randn(x.shape, x, setup.generator)
+        return _draw(setup, 0, x)
     from piddpm.networks.unet import pad_to_multiple
 
     z = torch.as_tensor(initial_noise).to(device=x.device, dtype=x.dtype)
@@ -255,6 +288,8 @@ def ddpm_sample(
     initial_noise: torch.Tensor | None = None,
     progress: bool = False,
     autocast: bool = False,
+    noise=None,
+    guidance_norm: GuidanceNorm = "per-image",
 ) -> SampleResult:
     """Ancestral PI-DDPM sampling, Algorithm 2 of the paper (``MATH.md``), over all T steps.
 
@@ -305,13 +340,22 @@ def ddpm_sample(
         tqdm progress bar over steps.
     autocast : bool
         Run the network under bf16 autocast (about 2x faster on CPUs with bf16 support).
+    noise : callable, optional
+        ``noise(key, shape, device, dtype) -> Tensor``: the sampler's random draws by key
+        (0 for ``r_T``, then one key per stochastic step), e.g. a
+        :class:`piddpm.diffusion.noise.TileNoise` that crops one noise field per plane, so
+        that overlapping tiles share their noise. Default: draws from ``generator``.
+    guidance_norm : {"per-image", "none"}
+        ``per-image`` (default) rescales the learned gradient to unit rms over each image;
+        ``none`` uses it as the network gives it (:data:`GuidanceNorm`).
 
     Returns
     -------
     SampleResult
     """
     _check_common(schedule, target, regulariser, lam, eta, zeta)
-    s = _setup(net, observed, psf, guidance, num_samples, generator)
+    _check_noise_options(noise, guidance_norm)
+    s = _setup(net, observed, psf, guidance, num_samples, generator, noise)
     r = _initial(s, initial_noise)
     sg = schedule.sqrt_gammas.tolist()
     sgp = schedule.gammas_prev.sqrt().tolist()
@@ -321,11 +365,16 @@ def ddpm_sample(
         sigma = schedule.posterior_variance[i].sqrt().item()
         r_next = (r - schedule.eps_coef[i].item() * eps_hat) * schedule.sqrt_recip_alphas[i].item()
         if i > 0:
-            r_next = r_next + sigma * _randn(r.shape, r, s.generator)
+            r_next = r_next + sigma * _draw(s, schedule.T - i, r)
         if regulariser is not None and lam > 0:
             r_next = r_next - sigma * lam * regulariser_gradient(r, regulariser)
         if s.use_learned and eta > 0:
-            r_next = r_next - sigma * eta * sg[i] * g_hat / paper_norm(g_hat).clamp_min(1e-12)
+            scale = (
+                paper_norm(g_hat).clamp_min(1e-12)
+                if guidance_norm == "per-image"
+                else math.sqrt(PAPER_REFERENCE_PIXELS)
+            )
+            r_next = r_next - sigma * eta * sg[i] * g_hat / scale
         if s.use_known and zeta > 0:
             r0_hat = (r - schedule.sqrt_one_minus_gammas[i].item() * eps_hat) / sg[i]
             step = zeta * (sgp[i] ** 2 - sg[i] ** 2)
@@ -382,6 +431,8 @@ def ddim_sample(
     initial_noise: torch.Tensor | None = None,
     progress: bool = False,
     autocast: bool = False,
+    noise=None,
+    guidance_norm: GuidanceNorm = "per-image",
 ) -> SampleResult:
     """DDIM sampling (Song et al. 2021) on ``num_steps`` of ``schedule``, with PI-DDPM terms.
 
@@ -409,7 +460,8 @@ def ddim_sample(
     _check_common(schedule, target, regulariser, lam, eta, zeta)
     if not (math.isfinite(eta_ddim) and eta_ddim >= 0):
         raise PiddpmError(f"eta_ddim must be >= 0, got {eta_ddim!r}")
-    s = _setup(net, observed, psf, guidance, num_samples, generator)
+    _check_noise_options(noise, guidance_norm)
+    s = _setup(net, observed, psf, guidance, num_samples, generator, noise)
     r = _initial(s, initial_noise)
     steps = ddim_timesteps(schedule.T, num_steps)
     kappa = learned_clean_scale(eta) if s.use_learned else 0.0
@@ -424,7 +476,8 @@ def ddim_sample(
         if regulariser is not None and lam > 0:
             correction = correction + w * lam * regulariser_gradient(r0_hat, regulariser)
         if s.use_learned and kappa > 0:
-            correction = correction + g_t * w * kappa * unit_rms(g_hat)
+            g_unit = unit_rms(g_hat) if guidance_norm == "per-image" else g_hat
+            correction = correction + g_t * w * kappa * g_unit
         if s.use_known and zeta > 0:
             y0_hat = _y0(s, r0_hat, target)
             correction = correction + known_step(
@@ -434,5 +487,5 @@ def ddim_sample(
         sigma = eta_ddim * math.sqrt((1 - g_s) / (1 - g_t) * (1 - g_t / g_s))
         r = math.sqrt(g_s) * r0_hat + math.sqrt(max(1 - g_s - sigma**2, 0.0)) * eps_hat
         if sigma > 0:
-            r = r + sigma * _randn(r.shape, r, s.generator)
+            r = r + sigma * _draw(s, k + 1, r)
     return _finish(s, r, target)
