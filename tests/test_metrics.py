@@ -388,3 +388,59 @@ def test_fit_affine_recovers_scale_and_offset_of_an_8bit_like_pair():
     assert a == pytest.approx(1 / 180, rel=1e-2) and b == pytest.approx(-20 / 180, abs=1e-2)
     assert M.psnr(fitted, ref) > 45  # only rounding error is left
     assert M.psnr(pred, ref) < 0
+
+
+# ------------------------------------------------------------------ whole-image faithfulness
+def _sparse_scene(seed=0, size=256):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    clean = 10 + 5 * yy + 3 * xx  # a slow background gradient (uneven illumination)
+    spots = np.zeros((size, size))
+    spots[rng.integers(0, size, 20), rng.integers(0, size, 20)] = 4000
+    clean = clean + ndimage.gaussian_filter(spots, 3)
+    return clean, rng.poisson(clean).astype(np.float64)
+
+
+def test_seam_score_flags_tiles_at_different_levels_and_not_a_smooth_restoration():
+    from scipy import ndimage
+
+    from piddpm.metrics import seam_score
+
+    clean, noisy = _sparse_scene()
+    assert seam_score(ndimage.gaussian_filter(noisy, 2), noisy, 64) == pytest.approx(1, abs=0.3)
+    rng = np.random.default_rng(1)
+    offsets = np.kron(rng.normal(0, 2.0, (4, 4)), np.ones((64, 64)))  # 64-px blocks
+    assert seam_score(clean + offsets, noisy, 64) > 1.5
+
+
+def test_background_invention_flags_blobs_in_the_background_and_not_denoising():
+    from scipy import ndimage
+
+    from piddpm.metrics import background_invention, background_mask
+
+    clean, noisy = _sparse_scene()
+    assert background_invention(ndimage.gaussian_filter(noisy, 2), noisy) < 0.7
+    assert background_invention(noisy, noisy) == pytest.approx(1.0)
+    mask = background_mask(noisy)
+    rng = np.random.default_rng(2)
+    blobs = ndimage.gaussian_filter(rng.normal(0, 1, clean.shape), 2)
+    invented = clean + 8 * blobs / blobs.std()
+    assert mask.mean() == pytest.approx(0.3, abs=0.01)
+    assert background_invention(invented, noisy, mask=mask) > 1.5
+
+
+def test_flat_field_invention_is_one_for_identity_below_for_smoothing_above_for_blobs():
+    from scipy import ndimage
+
+    from piddpm.metrics import flat_field_invention
+
+    ident = flat_field_invention(lambda x: x, photons=100)
+    assert ident["ratio"] == pytest.approx(1.0) and ident["mean_ratio"] == pytest.approx(1.0)
+    # a Poisson field's relative band-pass contrast falls as 1 / sqrt(photons)
+    dim = flat_field_invention(lambda x: x, photons=25)
+    assert dim["input_contrast"] / ident["input_contrast"] == pytest.approx(2.0, rel=0.05)
+    assert flat_field_invention(lambda x: ndimage.gaussian_filter(x, 3))["ratio"] < 0.5
+    blobby = flat_field_invention(lambda x: ndimage.gaussian_filter(x, 2) * 8 - 7 * x.mean())
+    assert blobby["ratio"] > 1.5
