@@ -419,3 +419,30 @@ def test_models_lists_cards_and_prints_one(tmp_path, monkeypatch, capsys):
     assert "## Limitations" in out and "method:   pi-ddpm" in out
     assert main(["models", "nonexistent"]) == 2
     assert "unknown model 'nonexistent'" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_pixel_size_no_microscope_gives_in_one_line(tmp_path, capsys):
+    import tifffile
+
+    from piddpm.cli import main
+
+    path = tmp_path / "dpi.tif"
+    tifffile.imwrite(
+        path, np.full((64, 64), 7, np.uint16), resolution=(10.0, 10.0), resolutionunit=2
+    )
+    rc = main(
+        [
+            "restore",
+            str(path),
+            "-o",
+            str(tmp_path / "o.tif"),
+            "--method",
+            "rl",
+            "--na",
+            "0.8",
+            "--em-nm",
+            "520",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc != 0 and "--pixel-um" in err and "Traceback" not in err

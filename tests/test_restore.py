@@ -444,3 +444,41 @@ def test_tiled_restore_equals_the_untiled_one_for_a_tile_invariant_network(
     assert np.abs(tiled.mean - whole.mean).max() < 5e-4 * span
     if options.get("samples", 1) > 1:
         assert np.abs(tiled.std - whole.std).max() < 5e-4 * span
+
+
+# ---------------------------------------------------------------------- pixel sizes
+def test_a_file_stating_10_pixels_per_inch_is_not_read_as_a_microscope_pixel(tmp_path, models):
+    import tifffile
+
+    path = tmp_path / "dpi.tif"
+    img = (beads((64, 64)) * 200).astype(np.uint16)
+    tifffile.imwrite(path, img, resolution=(10.0, 10.0), resolutionunit=2)  # 2540 um "pixels"
+    with pytest.warns(UserWarning, match="no microscope gives"):
+        res = restore(path, model=models["unet"], progress=False)
+    assert "pixel_size_um" not in res.metadata
+    with pytest.warns(UserWarning), pytest.raises(PiddpmError, match="--pixel-um"):
+        restore(path, method="rl", microscope={"na": 0.8, "em_nm": 520}, progress=False)
+    with pytest.raises(PiddpmError, match="--pixel-um"):
+        restore(img, model=models["unet"], pixel_size_um=2540.0, progress=False)
+
+
+def test_off_range_sampling_is_resampled_into_the_models_range_and_back(models):
+    img = ndimage.gaussian_filter(beads((96, 96), n=20) * 100, 1.0).astype(np.float32) + 5
+    mic = {"na": 0.8, "em_nm": 520.0, "modality": "widefield"}
+    nyq = 0.52 / 3.2
+    res = restore(
+        img, model=models["unet"], microscope={**mic, "pixel_um": 0.4 * nyq}, progress=False
+    )
+    s = res.metadata["sampling"]
+    assert s["resampled"] and s["zoom"] == pytest.approx(0.5)  # the test model: 0.8-1.2
+    assert res.mean.shape == img.shape and res.residual.shape == img.shape
+    inside = restore(img, model=models["unet"], microscope={**mic, "pixel_um": nyq}, progress=False)
+    assert not inside.metadata["sampling"]["resampled"]
+    native = restore(
+        img,
+        model=models["unet"],
+        microscope={**mic, "pixel_um": 0.4 * nyq},
+        resample=False,
+        progress=False,
+    )
+    assert not np.allclose(native.mean, res.mean)

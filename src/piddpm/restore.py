@@ -38,6 +38,7 @@ import numpy as np
 
 from piddpm import PiddpmError, __version__
 from piddpm.normalisation import DEFAULT_PERCENTILES  # per-plane percentiles -> -1, +1
+from piddpm.resample import fourier_resample
 
 __all__ = [
     "RestoreResult",
@@ -614,6 +615,61 @@ def _check_tiling(tile, overlap, shape: tuple[int, int]) -> tuple[int, int]:
     return tile, int(overlap)
 
 
+def _model_nyquist_range(cfg: dict | None) -> tuple[float, float]:
+    """Pixel sizes (Nyquist units) a model was trained on; the old default if unrecorded."""
+    ranges = ((cfg or {}).get("data") or {}).get("ranges") or {}
+    lo, hi = ranges.get("pixel_nyquist_factor") or (0.8, 1.2)
+    return float(lo), float(hi)
+
+
+_ASSUMED_SAMPLING_WARNED: set[str] = set()
+
+
+def _sampling_plan_for(entry, microscope, pixel_um, where, resample):
+    """The resampling plan for a learned model, or None (with a one-time note) without optics."""
+    from piddpm.resample import sampling_plan
+
+    lo, hi = _model_nyquist_range(entry.config)
+    mic = microscope or {}
+    if not (mic.get("na") and mic.get("em_nm") and pixel_um is not None):
+        if entry.name not in _ASSUMED_SAMPLING_WARNED:
+            _ASSUMED_SAMPLING_WARNED.add(entry.name)
+            warnings.warn(
+                f"{where}: no microscope given (--na, --em-nm and a pixel size): assuming the "
+                f"pixels are {lo:g}-{hi:g} x the Nyquist size lambda / (4 NA), the range model "
+                f"{entry.name} was trained on; give them to resample other images into it",
+                UserWarning,
+                stacklevel=3,
+            )
+        return None
+    plan = sampling_plan(float(pixel_um), float(mic["na"]), float(mic["em_nm"]), (lo, hi))
+    if not resample and plan.resamples:
+        warnings.warn(
+            f"{where}: pixels are {plan.nyquist_factor:.2f} x Nyquist, outside model "
+            f"{entry.name}'s {lo:g}-{hi:g}; not resampled (resample=False)",
+            UserWarning,
+            stacklevel=3,
+        )
+        from piddpm.resample import SamplingPlan
+
+        return SamplingPlan(plan.nyquist_factor, plan.nyquist_factor, 1.0, float(pixel_um))
+    return plan
+
+
+def _zoomed_shape(shape: tuple[int, int], zoom: float) -> tuple[int, int]:
+    return tuple(max(int(round(n * zoom)), MIN_PLANE_SIZE) for n in shape)
+
+
+def _psf_on_model_grid(psf_np: np.ndarray, plan) -> np.ndarray:
+    """The PSF resampled to the model's pixel size (band-limited; non-negative, unit sum)."""
+    from piddpm.resample import fourier_resample
+
+    n = max(int(round(psf_np.shape[0] * plan.zoom)) | 1, 3)
+    m = max(int(round(psf_np.shape[1] * plan.zoom)) | 1, 3)
+    k = np.clip(fourier_resample(psf_np, (n, m), pad=0), 0.0, None)
+    return (k / max(float(k.sum()), 1e-12)).astype(np.float32)
+
+
 def restore(
     image,
     model: str | Path | None = "widefield",
@@ -640,6 +696,7 @@ def restore(
     residual: bool | None = None,
     eta_ddim: float | None = None,
     name: str | None = None,
+    resample: bool = True,
 ) -> RestoreResult:
     """Restore a fluorescence image (2-D, stack, channels, time series) of any size.
 
@@ -686,13 +743,22 @@ def restore(
         ``em_nm``, ``ex_nm``, ``pinhole_au``, ``ri``, ``pixel_um`` (see :func:`make_psf`;
         ``pixel_um`` defaults to ``pixel_size_um`` or the file's pixel size).
     pixel_size_um : float, optional
-        Lateral pixel size in micrometres (recorded; used for a computed PSF).
+        Lateral pixel size in micrometres (recorded; used for a computed PSF and for the
+        resampling). Must be one a microscope gives (``piddpm.resample.PLAUSIBLE_PIXEL_UM``);
+        an implausible pixel size in a file is ignored with a warning.
     percentiles : (float, float), optional
         Percentiles mapped to [-1, 1] (default: the model's, else (0.1, 99.9)).
     residual : bool, optional
         Compute the data-consistency map (default: whenever a PSF is known).
     name : str, optional
         How error messages name the image (default: the path, or "image").
+    resample : bool
+        Learned methods only, when the microscope (``na``, ``em_nm``) and the pixel size are
+        known: a plane whose pixels lie outside the model's training range (in units of
+        ``lambda_em / (4 NA)``, from its model.json) is resampled into that range, restored
+        and resampled back (band-limited, :func:`piddpm.resample.fourier_resample`); the
+        metadata's ``sampling`` records it. ``False`` restores at the native sampling.
+        Without the microscope, a one-time warning states the sampling assumed.
 
     Returns
     -------
@@ -758,6 +824,13 @@ def restore(
     if steps is not None and (isinstance(steps, bool) or int(steps) != steps or steps < 1):
         raise PiddpmError(f"steps must be a positive integer, got {steps!r}")
     dev = resolve_device(device)
+    from piddpm.resample import check_pixel_size, file_pixel_size
+
+    if pixel_size_um is not None:
+        pixel_size_um = check_pixel_size(pixel_size_um, where)
+    if microscope and microscope.get("pixel_um") is not None:
+        microscope = {**microscope, "pixel_um": check_pixel_size(microscope["pixel_um"], where)}
+    file_pixel_um = file_pixel_size(file_pixel_um, where)
     pixel_um = pixel_size_um if pixel_size_um is not None else file_pixel_um
 
     # ---- the model
@@ -826,6 +899,14 @@ def restore(
     if use_residual and psf_np is None:
         raise PiddpmError("the data-consistency residual needs a PSF (--psf or microscope options)")
     psf_t = None if psf_np is None else torch.from_numpy(psf_np)[None, None].to(dev)
+
+    # ---- sampling: bring the plane into the model's pixel-size range
+    plan = None
+    if method != "rl":
+        plan = _sampling_plan_for(entry, microscope, pixel_um, where, resample)
+        if plan is not None and plan.resamples and psf_np is not None:
+            psf_model = _psf_on_model_grid(psf_np, plan)
+            psf_t = torch.from_numpy(psf_model)[None, None].to(dev)
 
     # ---- settings
     meta: dict[str, Any] = {
@@ -1029,6 +1110,18 @@ def restore(
     }
     if pixel_um is not None:
         meta["pixel_size_um"] = float(pixel_um)
+    if plan is not None:
+        meta["sampling"] = {
+            "nyquist_factor": plan.nyquist_factor,
+            "model_nyquist_range": list(_model_nyquist_range(entry.config)),
+            "resampled": plan.resamples,
+            "zoom": plan.zoom,
+            "model_pixel_um": plan.model_pixel_um,
+            "note": "band-limited (periodic-sinc) resampling into the model's training range "
+            "and back"
+            if plan.resamples
+            else "inside the model's training range",
+        }
     if use_residual:
         meta["residual"] = "|A y - x| / (hi - lo) per plane (fraction of the robust range)"
     if samples > 1:
@@ -1086,6 +1179,8 @@ def restore(
                 eff_overlap = max(int(overlap), min(max(psf_np.shape), tile // 2))
             else:
                 plane_in = 2.0 * (plane - lo) / span - 1.0
+                if plan is not None and plan.resamples:
+                    plane_in = fourier_resample(plane_in, _zoomed_shape((height, width), plan.zoom))
                 fn = tile_fn_factory(p_index)
                 eff_overlap = int(overlap)
             if eff_overlap >= tile:
@@ -1103,6 +1198,10 @@ def restore(
                     margin=min(tile_margin, max((eff_overlap - 1) // 2, 0)),
                 )
             del plane_in
+            if method != "rl" and plan is not None and plan.resamples:
+                out = np.stack([fourier_resample(c, (height, width)) for c in out])
+                if std_out is not None:
+                    out[1] = np.maximum(out[1], 0.0)
             k = 0
             if method == "rl":
                 mean_out[idx] = out[0] * span + lo

@@ -161,6 +161,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default="auto",
         help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda or cuda:N",
     )
+    t.add_argument(
+        "--no-resample",
+        action="store_true",
+        help="learned methods: restore at the native sampling even when the microscope options "
+        "show pixels outside the model's training range (default: resample into it and back)",
+    )
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar (flag)")
     t.add_argument("--overwrite", action="store_true", help="replace existing output files (flag)")
     return p
@@ -206,7 +212,11 @@ def run(args) -> int:
         warnings.warn("--method rl uses no model: --model ignored", UserWarning, stacklevel=1)
 
     img = read_image(inp, axes=args.axes)
-    pixel_um = args.pixel_um if args.pixel_um is not None else img.pixel_size_um[2]
+    from piddpm.resample import file_pixel_size
+
+    pixel_um = (
+        args.pixel_um if args.pixel_um is not None else file_pixel_size(img.pixel_size_um[2], inp)
+    )
     microscope = None
     micro_given = any(v is not None for v in (args.modality, args.na, args.em_nm, args.ex_nm))
     if micro_given:
@@ -247,6 +257,7 @@ def run(args) -> int:
         pixel_size_um=pixel_um,
         residual=bool(args.residual) if args.residual else None,
         name=str(inp),
+        resample=not args.no_resample,
     )
     if args.residual and result.residual is None:
         raise PiddpmError(f"--residual {args.residual} needs a PSF (--psf or microscope options)")
