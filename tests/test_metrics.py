@@ -444,3 +444,17 @@ def test_flat_field_invention_is_one_for_identity_below_for_smoothing_above_for_
     assert flat_field_invention(lambda x: ndimage.gaussian_filter(x, 3))["ratio"] < 0.5
     blobby = flat_field_invention(lambda x: ndimage.gaussian_filter(x, 2) * 8 - 7 * x.mean())
     assert blobby["ratio"] > 1.5
+
+
+def test_fit_std_scale_recovers_the_factor_of_a_miscalibrated_gaussian_spread():
+    from piddpm.metrics import fit_std_scale, uncertainty_calibration
+
+    rng = np.random.default_rng(0)
+    true_std = rng.uniform(0.5, 2.0, (4, 64, 64))
+    mean = rng.normal(size=true_std.shape)
+    gt = mean + true_std * rng.normal(size=true_std.shape)
+    reported = true_std / 3.0  # a sampler whose spread is 3x too narrow
+    before = uncertainty_calibration(mean, reported, gt)["mean_abs_error"]
+    scale, after = fit_std_scale(mean, reported, gt)
+    assert scale == pytest.approx(3.0, rel=0.03)
+    assert before > 0.3 and after["mean_abs_error"] < 0.01

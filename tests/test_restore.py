@@ -482,3 +482,36 @@ def test_off_range_sampling_is_resampled_into_the_models_range_and_back(models):
         progress=False,
     )
     assert not np.allclose(native.mean, res.mean)
+
+
+def test_the_models_std_scale_multiplies_the_posterior_spread(tmp_path):
+    img = ndimage.gaussian_filter(beads((64, 64)) * 100, 1.0).astype(np.float32)
+    plain = make_model(tmp_path / "plain", "pi-ddpm")
+    scaled = make_model(tmp_path / "scaled", "pi-ddpm", restore_defaults={"std_scale": 2.5})
+    kw = dict(samples=3, steps=3, seed=1, progress=False)
+    a = restore(img, model=plain, **kw)
+    b = restore(img, model=scaled, **kw)
+    assert np.allclose(b.std, 2.5 * a.std, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(a.mean, b.mean)
+    assert b.metadata["std_scale"] == 2.5
+
+
+def test_calibration_fits_and_stores_the_factor(tmp_path, monkeypatch):
+    """Plumbing on a random model: the factor is fitted on dev pairs, reported on test pairs,
+    and written where restore reads it."""
+    import piddpm.evaluation.calibration as calibration
+    from piddpm.data import PairedDataset
+    from piddpm.models import resolve_model
+
+    folder = make_model(tmp_path / "m", "pi-ddpm")
+
+    def pairs(entry, n, size, seed):
+        ds = PairedDataset(size=size, length=n, seed=seed, n_kernels=4, kernel_size=9)
+        return [ds[i] for i in range(n)]
+
+    monkeypatch.setattr(calibration, "_pairs", pairs)  # a random model has no training config
+    result = calibration.calibrate_spread(folder, pairs=2, size=32, samples=2, options={"steps": 2})
+    assert result["std_scale"] > 0
+    assert result["test"]["after"]["mean_abs_error"] <= 1.0
+    calibration.store_std_scale(folder, result)
+    assert resolve_model(folder).restore_defaults["std_scale"] == result["std_scale"]

@@ -51,6 +51,7 @@ __all__ = [
     "uncertainty_calibration",
     "normalise_percentile",
     "fit_affine",
+    "fit_std_scale",
     "background_mask",
     "seam_score",
     "background_invention",
@@ -975,6 +976,40 @@ def uncertainty_calibration(mean, std, gt, ks=(1, 2, 3)):
         "abs_error": abs_error,
         "mean_abs_error": float(abs_error.mean()),
     }
+
+
+def fit_std_scale(mean, std, gt, ks=(1, 2, 3)) -> tuple[float, dict]:
+    """The factor ``c`` for a predicted std that best calibrates its ``k``-sigma coverage.
+
+    Minimises the mean ``|observed - expected|`` coverage error of
+    :func:`uncertainty_calibration` over ``c * std`` (a log grid from 0.05 to 50, then a finer
+    grid around the best value). One scale per model: it corrects a spread that is too narrow
+    or too wide overall, not its shape.
+
+    Returns
+    -------
+    scale : float
+    calibration : dict
+        :func:`uncertainty_calibration` of ``scale * std``.
+    """
+    m = np.asarray(mean, dtype=np.float64)
+    s = np.asarray(std, dtype=np.float64)
+    g = np.asarray(gt, dtype=np.float64)
+    if not (m.shape == s.shape == g.shape):
+        raise PiddpmError(f"mean, std and gt shapes differ: {m.shape}, {s.shape}, {g.shape}")
+    ratio = np.abs(g - m).reshape(-1) / np.maximum(s.reshape(-1), 1e-12)
+    ratio.sort()
+    expected = np.array([math.erf(k / math.sqrt(2.0)) for k in ks])
+
+    def error(c: float) -> float:
+        observed = np.array([np.searchsorted(ratio, k * c, side="right") for k in ks]) / ratio.size
+        return float(np.abs(observed - expected).mean())
+
+    grid = np.exp(np.linspace(np.log(0.05), np.log(50.0), 241))
+    best = grid[int(np.argmin([error(c) for c in grid]))]
+    fine = best * np.exp(np.linspace(-0.03, 0.03, 61))
+    best = float(fine[int(np.argmin([error(c) for c in fine]))])
+    return best, uncertainty_calibration(m, best * s, g, ks)
 
 
 # ----------------------------------------------------------------------------- normalisation

@@ -926,6 +926,7 @@ def restore(
     out_channels = 1
     net = None
     tile_margin = 0
+    std_scale = 1.0
     if method == "rl":
         if samples > 1:
             warnings.warn("Richardson-Lucy is deterministic: samples > 1 ignored", stacklevel=2)
@@ -978,6 +979,9 @@ def restore(
             # weight in the blend (measured in docs/restore.md)
             tile_margin = int(defaults.get("tile_margin", TILE_MARGIN_FRACTION * overlap))
         meta["tile_margin"] = tile_margin
+        # the per-model factor that calibrates the posterior spread (fitted on synthetic dev
+        # pairs, piddpm.evaluation.calibration); 1 for an uncalibrated model
+        std_scale = float(defaults.get("std_scale", 1.0))
         if method == "unet":
             if samples > 1:
                 warnings.warn("the U-Net is deterministic: samples > 1 ignored", stacklevel=2)
@@ -1082,6 +1086,7 @@ def restore(
                 samples=samples,
                 eta_ddim=effective.get("eta_ddim"),
                 guidance_norm=kwargs["guidance_norm"],
+                std_scale=std_scale if samples > 1 else None,
                 noise="one field per plane (PlaneNoise), cropped per tile",
             )
 
@@ -1209,7 +1214,7 @@ def restore(
                 mean_out[idx] = (out[0] + 1.0) * 0.5 * span + lo
             k = 1
             if std_out is not None:
-                std_out[idx] = out[k] * 0.5 * span
+                std_out[idx] = out[k] * 0.5 * span * std_scale
                 k += 1
             if res_out is not None:
                 res_out[idx] = out[k]
