@@ -61,7 +61,12 @@ DEFAULT_KEYS = (
     "percentiles",
     "tile",
     "overlap",
+    "tile_margin",
+    "guidance_norm",
+    "std_scale",
 )
+#: Keys that restore reads from model.json only (no restore() argument).
+MODEL_ONLY_KEYS = ("tile_margin", "guidance_norm", "std_scale")
 #: Largest bundle (all files of one model) this script accepts without complaint.
 MAX_BUNDLE_MB = 8.0
 
@@ -228,7 +233,11 @@ def synthetic_pairs(model_dir: Path, *, n: int, seed: int, size: int) -> list[di
 def restore_kwargs(defaults: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments of :func:`piddpm.restore.restore` for a ``restore_defaults`` dict
     (explicit, so that tuning trials can override any one setting, ``tile`` included)."""
-    kw = {k: v for k, v in defaults.items() if k in DEFAULT_KEYS and v is not None}
+    kw = {
+        k: v
+        for k, v in defaults.items()
+        if k in DEFAULT_KEYS and k not in MODEL_ONLY_KEYS and v is not None
+    }
     if "percentiles" in kw:
         kw["percentiles"] = tuple(kw["percentiles"])
     return kw
@@ -794,6 +803,9 @@ def validate_defaults(defaults: dict[str, Any], method: str) -> None:
         "steps": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
         "tile": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 16,
         "overlap": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < defaults.get("tile", 256),
+        "tile_margin": lambda v: isinstance(v, int) and not isinstance(v, bool) and 2 * v < defaults.get("overlap", 32),
+        "guidance_norm": lambda v: v in ("per-image", "none"),
+        "std_scale": lambda v: isinstance(v, int | float) and math.isfinite(v) and v > 0,
         "eta": lambda v: isinstance(v, int | float) and math.isfinite(v) and v >= 0,
         "eta_ddim": lambda v: isinstance(v, int | float) and math.isfinite(v) and v >= 0,
         "lam": lambda v: isinstance(v, int | float) and math.isfinite(v) and v >= 0,
