@@ -681,7 +681,14 @@ def model_card(
     add(json.dumps(defaults, indent=2, sort_keys=True))
     add("```")
     add("")
-    if "tile" in defaults:
+    norm = (tcfg.get("model") or {}).get("overrides", {}).get("norm", "group")
+    if "tile" in defaults and norm in ("layer", "none"):
+        add(f"`tile`/`overlap` set speed, not quality: the network normalises each pixel "
+            f"({norm} norm), so its output does not depend on the rest of the tile, and the "
+            f"outer `tile_margin` pixels of each inner tile edge get no blending weight; "
+            f"tiled and untiled restores agree (tested).")  # fmt: skip
+        add("")
+    elif "tile" in defaults:
         add(f"`tile`/`overlap` are recommendations: pass `tile={defaults['tile']}, "
             f"overlap={defaults.get('overlap')}` (CLI `--tile`/`--overlap`); the network was "
             f"trained on {data.get('patch_size')} px patches with GroupNorm, whose statistics "
@@ -764,8 +771,9 @@ def model_card(
         "modalities expect poor results.")  # fmt: skip
     add(f"- **Sampling near Nyquist.** Pixel sizes were {_fmt_range(ranges.get('pixel_nyquist_factor'))} "
         f"x the Nyquist pixel lambda_em / (4 NA), NA {_fmt_range(ranges.get('na'))}, emission "
-        f"{_fmt_range(ranges.get('em_wavelength_nm'))} nm; images sampled much finer or "
-        "coarser are outside the training distribution.")  # fmt: skip
+        f"{_fmt_range(ranges.get('em_wavelength_nm'))} nm; give the microscope (`--na`, "
+        "`--em-nm`, pixel size) and restore resamples planes sampled outside this range into "
+        "it and back; without it, such images are outside the training distribution.")  # fmt: skip
     add("- **2D only.** Each plane is restored independently; a z-stack gets no 3-D "
         "deconvolution.")  # fmt: skip
     add("- **Synthetic data only.** Trained on simulated specimens with Poisson + Gaussian "
