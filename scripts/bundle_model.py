@@ -64,9 +64,10 @@ DEFAULT_KEYS = (
     "tile_margin",
     "guidance_norm",
     "std_scale",
+    "std_floor",
 )
 #: Keys that restore reads from model.json only (no restore() argument).
-MODEL_ONLY_KEYS = ("tile_margin", "guidance_norm", "std_scale")
+MODEL_ONLY_KEYS = ("tile_margin", "guidance_norm", "std_scale", "std_floor")
 #: Largest bundle (all files of one model) this script accepts without complaint.
 MAX_BUNDLE_MB = 8.0
 
@@ -814,6 +815,7 @@ def validate_defaults(defaults: dict[str, Any], method: str) -> None:
         "tile_margin": lambda v: isinstance(v, int) and not isinstance(v, bool) and 2 * v < defaults.get("overlap", 32),
         "guidance_norm": lambda v: v in ("per-image", "none"),
         "std_scale": lambda v: isinstance(v, int | float) and math.isfinite(v) and v > 0,
+        "std_floor": lambda v: isinstance(v, int | float) and math.isfinite(v) and v >= 0,
         "eta": lambda v: isinstance(v, int | float) and math.isfinite(v) and v >= 0,
         "eta_ddim": lambda v: isinstance(v, int | float) and math.isfinite(v) and v >= 0,
         "lam": lambda v: isinstance(v, int | float) and math.isfinite(v) and v >= 0,

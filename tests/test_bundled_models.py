@@ -324,7 +324,11 @@ def test_bundle_script_from_checkpoint_and_bad_input(fake_run, tmp_path):
 _TILE_INVARIANT = [
     e.name
     for e in list_models()
-    if (e.config.get("training") or {}).get("config", {}).get("model", {}).get("overrides", {}).get("norm")
+    if (e.config.get("training") or {})
+    .get("config", {})
+    .get("model", {})
+    .get("overrides", {})
+    .get("norm")
     in ("layer", "none")
 ]
 

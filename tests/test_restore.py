@@ -492,6 +492,10 @@ def test_the_models_std_scale_multiplies_the_posterior_spread(tmp_path):
     a = restore(img, model=plain, **kw)
     b = restore(img, model=scaled, **kw)
     assert np.allclose(b.std, 2.5 * a.std, rtol=1e-5, atol=1e-6)
+    floored = make_model(tmp_path / "floored", "pi-ddpm", restore_defaults={"std_floor": 0.1})
+    c = restore(img, model=floored, **kw)
+    span = np.subtract(*np.percentile(img, [99.9, 0.1]))
+    assert np.allclose(c.std, a.std + 0.1 * span / 2, rtol=1e-4, atol=1e-5)
     assert np.array_equal(a.mean, b.mean)
     assert b.metadata["std_scale"] == 2.5
 

@@ -926,7 +926,7 @@ def restore(
     out_channels = 1
     net = None
     tile_margin = 0
-    std_scale = 1.0
+    std_scale, std_floor = 1.0, 0.0
     if method == "rl":
         if samples > 1:
             warnings.warn("Richardson-Lucy is deterministic: samples > 1 ignored", stacklevel=2)
@@ -982,6 +982,7 @@ def restore(
         # the per-model factor that calibrates the posterior spread (fitted on synthetic dev
         # pairs, piddpm.evaluation.calibration); 1 for an uncalibrated model
         std_scale = float(defaults.get("std_scale", 1.0))
+        std_floor = float(defaults.get("std_floor", 0.0))
         if method == "unet":
             if samples > 1:
                 warnings.warn("the U-Net is deterministic: samples > 1 ignored", stacklevel=2)
@@ -1087,6 +1088,7 @@ def restore(
                 eta_ddim=effective.get("eta_ddim"),
                 guidance_norm=kwargs["guidance_norm"],
                 std_scale=std_scale if samples > 1 else None,
+                std_floor=std_floor if samples > 1 else None,
                 noise="one field per plane (PlaneNoise), cropped per tile",
             )
 
@@ -1214,7 +1216,7 @@ def restore(
                 mean_out[idx] = (out[0] + 1.0) * 0.5 * span + lo
             k = 1
             if std_out is not None:
-                std_out[idx] = out[k] * 0.5 * span * std_scale
+                std_out[idx] = (out[k] * std_scale + std_floor) * 0.5 * span
                 k += 1
             if res_out is not None:
                 res_out[idx] = out[k]

@@ -45,19 +45,24 @@ def _pairs(entry, n: int, size: int, seed: int):
 
 
 def _restore_pairs(model, pairs, samples: int, options: dict[str, Any]):
+    from piddpm.normalisation import intensity_range
     from piddpm.restore import restore
 
     means, stds, gts = [], [], []
     for i, item in enumerate(pairs):
         obs = item["observed"][0].numpy()
+        lo, hi = intensity_range(obs)
+        half = (hi - lo) / 2  # restore's model units: errors and spreads in units of this
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             res = restore(obs, model=model, samples=samples, seed=i, progress=False, **options)
-        means.append(np.asarray(res.mean, np.float64))
-        stds.append(
-            np.asarray(res.std, np.float64) / max(res.metadata.get("std_scale") or 1, 1e-12)
-        )
-        gts.append(item["gt"][0].numpy().astype(np.float64))
+        md = res.metadata
+        raw = (np.asarray(res.std, np.float64) / half - (md.get("std_floor") or 0.0)) / max(
+            md.get("std_scale") or 1.0, 1e-12
+        )  # undo a calibration already in the model
+        means.append(np.asarray(res.mean, np.float64) / half)
+        stds.append(np.clip(raw, 0.0, None))
+        gts.append(item["gt"][0].numpy().astype(np.float64) / half)
     return np.stack(means), np.stack(stds), np.stack(gts)
 
 
@@ -101,7 +106,7 @@ def calibrate_spread(
     opts = dict(options or {})
     out: dict[str, Any] = {"samples": samples, "pairs": pairs, "size": size, "options": opts}
     dev = _restore_pairs(model, _pairs(entry, pairs, size, DEV_SEED), samples, opts)
-    scale, dev_after = fit_std_scale(*dev)
+    scale, floor, dev_after = fit_std_scale(*dev, floor=True)
     test = _restore_pairs(model, _pairs(entry, pairs, size, TEST_SEED), samples, opts)
 
     def summary(cal):
@@ -112,6 +117,7 @@ def calibrate_spread(
 
     out.update(
         std_scale=round(scale, 4),
+        std_floor=round(floor, 5),
         expected=[0.6827, 0.9545, 0.9973],
         dev={
             "seed": DEV_SEED,
@@ -121,7 +127,7 @@ def calibrate_spread(
         test={
             "seed": TEST_SEED,
             "before": summary(uncertainty_calibration(*test)),
-            "after": summary(uncertainty_calibration(test[0], scale * test[1], test[2])),
+            "after": summary(uncertainty_calibration(test[0], scale * test[1] + floor, test[2])),
         },
     )
     return out
@@ -135,7 +141,9 @@ def store_std_scale(model_dir: str | os.PathLike, result: dict[str, Any]) -> Pat
         raise PiddpmError(f"{path} not found: give a model folder")
     doc = json.loads(path.read_text())
     cfg = doc.setdefault("config", {})
-    cfg.setdefault("restore_defaults", {})["std_scale"] = float(result["std_scale"])
+    rd = cfg.setdefault("restore_defaults", {})
+    rd["std_scale"] = float(result["std_scale"])
+    rd["std_floor"] = float(result.get("std_floor", 0.0))
     cfg["calibration"] = result
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
