@@ -690,6 +690,8 @@ def _one_modality(
             observed, model=entry.name, method=method, psf=psf.astype(np.float32),
             samples=n_samples, steps=n_steps, seed=ctx.seed, device=str(ctx.device),
             progress=ctx.progress, pixel_size_um=PIXEL_SIZE_UM,
+            microscope={"modality": modality, "na": micro.na, "em_nm": micro.em_wavelength_nm,
+                        "ri": micro.ri},  # the sampling, for models trained on other pixels
         )  # fmt: skip
         runtime = time.perf_counter() - t
         mean = np.asarray(res.mean, np.float64)

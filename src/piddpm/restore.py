@@ -739,7 +739,8 @@ def restore(
     progress : bool
         Show a tqdm bar over tiles.
     microscope : dict, optional
-        Compute the PSF from settings instead of ``psf``: keys ``modality``, ``na``,
+        Compute the PSF from settings when ``psf`` is not given (with ``psf``, the settings
+        only tell the sampling, for ``resample``): keys ``modality``, ``na``,
         ``em_nm``, ``ex_nm``, ``pinhole_au``, ``ri``, ``pixel_um`` (see :func:`make_psf`;
         ``pixel_um`` defaults to ``pixel_size_um`` or the file's pixel size).
     pixel_size_um : float, optional
@@ -857,8 +858,7 @@ def restore(
 
     # ---- the PSF
     psf_np, psf_desc = None, None
-    if psf is not None and microscope and microscope.get("na") is not None:
-        raise PiddpmError("give either a PSF (psf=/--psf) or microscope settings, not both")
+    # a given PSF wins over the microscope settings, which then only set the sampling plan
     if psf is not None:
         psf_np, psf_desc = load_psf(psf)
     elif microscope and any(microscope.get(k) is not None for k in ("na", "em_nm", "ex_nm")):
