@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             if ref is not None:
                 row["psnr_db"] = float(psnr(fit_affine(y, ref), ref))
             rows.append(row)
-            panels.append((Path(label).name, y))
+            panels.append((label if len(label) < 28 else "/".join(Path(label).parts[-2:]), y))
             print(json.dumps(row), flush=True)
         if ref is not None:
             panels.append(("high-SNR reference", ref))
