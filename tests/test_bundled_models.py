@@ -107,11 +107,14 @@ def test_restore_defaults_are_valid(name):
     entry = resolve_model(name)
     d = entry.restore_defaults
     allowed = {"sampler", "steps", "eta", "eta_ddim", "regulariser", "lam", "guidance"}
-    allowed |= {"percentiles", "tile", "overlap"}
+    allowed |= {"percentiles", "tile", "overlap", "tile_margin"}
+    allowed |= {"guidance_norm", "std_scale", "std_floor"}  # whole-image work
     assert set(d) <= allowed, f"unknown restore_defaults keys {set(d) - allowed}"
     if entry.method == "unet":
-        assert set(d) <= {"percentiles", "tile", "overlap"}
+        assert set(d) <= {"percentiles", "tile", "overlap", "tile_margin"}
     else:
+        assert d.get("guidance_norm", "per-image") in ("per-image", "none")
+        assert d.get("std_scale", 1.0) > 0 and d.get("std_floor", 0.0) >= 0
         assert d.get("sampler", "ddim") in SAMPLERS
         assert d.get("regulariser", "l1") in REGULARISERS
         guid = d.get("guidance", "none")
@@ -126,6 +129,7 @@ def test_restore_defaults_are_valid(name):
     assert 0 <= lo < hi <= 100
     if "tile" in d:
         assert d["tile"] % 16 == 0 and 0 <= d.get("overlap", 0) < d["tile"]
+        assert 0 <= 2 * d.get("tile_margin", 0) < max(d.get("overlap", 1), 1)
 
 
 @pytest.mark.parametrize("name", _PARAMS)
