@@ -662,8 +662,6 @@ def _zoomed_shape(shape: tuple[int, int], zoom: float) -> tuple[int, int]:
 
 def _psf_on_model_grid(psf_np: np.ndarray, plan) -> np.ndarray:
     """The PSF resampled to the model's pixel size (band-limited; non-negative, unit sum)."""
-    from piddpm.resample import fourier_resample
-
     n = max(int(round(psf_np.shape[0] * plan.zoom)) | 1, 3)
     m = max(int(round(psf_np.shape[1] * plan.zoom)) | 1, 3)
     k = np.clip(fourier_resample(psf_np, (n, m), pad=0), 0.0, None)
@@ -976,7 +974,7 @@ def restore(
             meta.update(tile=tile, overlap=overlap)
         if getattr(net, "tile_invariant", False):
             # the outer pixels of a tile, where the network sees its zero padding, get no
-            # weight in the blend (measured in docs/restore.md)
+            # weight in the blend (tiled == untiled: tests/test_restore.py)
             tile_margin = int(defaults.get("tile_margin", TILE_MARGIN_FRACTION * overlap))
         meta["tile_margin"] = tile_margin
         # the per-model factor that calibrates the posterior spread (fitted on synthetic dev
