@@ -23,11 +23,17 @@ SCHEDULE = {"kind": "linear", "T": 40, "beta_start": 1e-4, "beta_end": 0.05}
 CHANNELS = {"pi-ddpm": (2, 2, True), "ddpm": (2, 1, True), "unet": (1, 1, False)}
 
 
-def make_model(folder, method="pi-ddpm", seed=0, **extra):
-    """A random-weight tiny model folder (model.safetensors + model.json) for ``method``."""
+def make_model(folder, method="pi-ddpm", seed=0, net_options=None, jitter=0.0, **extra):
+    """A random-weight tiny model folder (model.safetensors + model.json) for ``method``;
+    ``net_options`` override the preset, ``jitter`` adds noise to every parameter (norm
+    affines included). Returns the folder."""
     cin, cout, cond = CHANNELS[method]
     torch.manual_seed(seed)
-    net = build_unet("tiny", cin, cout, conditioned=cond)
+    net = build_unet("tiny", cin, cout, conditioned=cond, **(net_options or {}))
+    if jitter:
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(jitter * torch.randn_like(p))
     cfg = {
         "format": "piddpm-model",
         "method": method,
@@ -396,26 +402,11 @@ def test_loaded_networks_are_cached_until_the_file_changes(tmp_path):
 # ---------------------------------------------------------------------- exact tiling
 def _shallow_invariant_model(folder, method, seed=0):
     """A random-weight 2-level U-Net with per-pixel LayerNorm (receptive radius 24 px)."""
-    cin, cout, cond = CHANNELS[method]
-    torch.manual_seed(seed)
-    net = build_unet(
-        "tiny", cin, cout, conditioned=cond, norm="layer", channel_mults=(1, 2), base_channels=8
-    )
-    with torch.no_grad():  # random norm affines too: nothing is special about the init
-        for p in net.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    cfg = {
-        "format": "piddpm-model",
-        "method": method,
-        "preset": "tiny",
-        "target": None if method == "unet" else "residual",
-        "schedule": None if method == "unet" else SCHEDULE,
-        "data": {"modality": "widefield"},
-        "restore_defaults": {"tile_margin": net.receptive_radius()},
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    save_model(folder / "model", net, cfg)
-    return folder, net.receptive_radius()
+    options = {"norm": "layer", "channel_mults": (1, 2), "base_channels": 8}
+    radius = build_unet("tiny", **options).receptive_radius()
+    folder = make_model(folder, method, seed, net_options=options, jitter=0.1,
+                        restore_defaults={"tile_margin": radius})  # fmt: skip
+    return folder, radius
 
 
 @pytest.mark.parametrize(

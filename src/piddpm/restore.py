@@ -38,6 +38,7 @@ import numpy as np
 
 from piddpm import PiddpmError, __version__
 from piddpm.normalisation import DEFAULT_PERCENTILES  # per-plane percentiles -> -1, +1
+from piddpm.normalisation import check_percentiles as _check_percentiles
 from piddpm.resample import fourier_resample
 
 __all__ = [
@@ -213,12 +214,6 @@ def _percentiles_from_config(cfg: dict | None) -> tuple[float, float]:
     if norm is None:
         return DEFAULT_PERCENTILES
     return _check_percentiles(norm)
-
-
-def _check_percentiles(p) -> tuple[float, float]:
-    from piddpm.normalisation import check_percentiles
-
-    return check_percentiles(p)
 
 
 def _plane_range(plane: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
@@ -622,9 +617,6 @@ def _model_nyquist_range(cfg: dict | None) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-_ASSUMED_SAMPLING_WARNED: set[str] = set()
-
-
 def _sampling_plan_for(entry, microscope, pixel_um, where, resample):
     """The resampling plan for a learned model, or None (with a one-time note) without optics."""
     from piddpm.resample import sampling_plan
@@ -632,15 +624,14 @@ def _sampling_plan_for(entry, microscope, pixel_um, where, resample):
     lo, hi = _model_nyquist_range(entry.config)
     mic = microscope or {}
     if not (mic.get("na") and mic.get("em_nm") and pixel_um is not None):
-        if entry.name not in _ASSUMED_SAMPLING_WARNED:
-            _ASSUMED_SAMPLING_WARNED.add(entry.name)
-            warnings.warn(
-                f"{where}: no microscope given (--na, --em-nm and a pixel size): assuming the "
-                f"pixels are {lo:g}-{hi:g} x the Nyquist size lambda / (4 NA), the range model "
-                f"{entry.name} was trained on; give them to resample other images into it",
-                UserWarning,
-                stacklevel=3,
-            )
+        # said once per image and model: the warnings registry drops repeats
+        warnings.warn(
+            f"{where}: no microscope given (--na, --em-nm and a pixel size): assuming the "
+            f"pixels are {lo:g}-{hi:g} x the Nyquist size lambda / (4 NA), the range model "
+            f"{entry.name} was trained on; give them to resample other images into it",
+            UserWarning,
+            stacklevel=3,
+        )
         return None
     plan = sampling_plan(float(pixel_um), float(mic["na"]), float(mic["em_nm"]), (lo, hi))
     if not resample and plan.resamples:
