@@ -30,6 +30,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from piddpm import PiddpmError
+from piddpm.padding import crop_to
+from piddpm.padding import pad_end_to_multiple as pad_to_multiple  # tiles pad at the end
 
 __all__ = [
     "axis_starts",
@@ -322,42 +324,3 @@ def restore_tiled(
     assert acc is not None
     np.divide(acc, weight, out=acc)
     return acc
-
-
-def pad_to_multiple(batch: np.ndarray, factor: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Reflect-pad the last two axes up to a multiple of ``factor``.
-
-    Parameters
-    ----------
-    batch : numpy.ndarray ``(..., H, W)``
-    factor : int
-        The network's down-sampling factor (e.g. 8 for three 2x poolings).
-
-    Returns
-    -------
-    padded : numpy.ndarray ``(..., H', W')``
-        ``H' = ceil(H / factor) * factor`` (same for W); padding is added at the bottom/right
-        by mirror reflection (repeated if the pad exceeds the size; a 1-pixel axis is
-        replicated), so no zero edges appear.
-    size : (int, int)
-        The original ``(H, W)``, for :func:`crop_to`.
-    """
-    h, w = batch.shape[-2:]
-    factor = max(int(factor), 1)
-    ph, pw = (-h) % factor, (-w) % factor
-    if ph == 0 and pw == 0:
-        return batch, (h, w)
-    lead = [(0, 0)] * (batch.ndim - 2)
-    out = batch
-    for axis_pad, length, last in (((0, ph), h, False), ((0, pw), w, True)):
-        if axis_pad[1] == 0:
-            continue
-        pad = lead + ([(0, 0), axis_pad] if last else [axis_pad, (0, 0)])
-        # a 1-pixel axis cannot be mirrored: replicate it instead
-        out = np.pad(out, pad, mode="reflect" if length > 1 else "edge")
-    return out, (h, w)
-
-
-def crop_to(batch, size: tuple[int, int]):
-    """Crop the last two axes of an array or tensor to ``size = (H, W)`` (top-left)."""
-    return batch[..., : size[0], : size[1]]

@@ -1,6 +1,21 @@
-"""Samplers for (PI-)DDPM: ancestral DDPM (Algorithm 2) and DDIM, with physics guidance.
+"""Diffusion samplers as small step objects sharing one loop and one PI-DDPM correction.
 
-Both return :class:`SampleResult` ``(mean, std, samples)`` over ``num_samples`` independent
+A sampler is an object with the step contract of diffusers' schedulers:
+
+- ``set_timesteps(schedule)`` chooses the steps (0-based indices ``i = t - 1``, decreasing)
+  at which the network is evaluated, one evaluation per index;
+- ``step(k, r, eps_hat, g_hat, correction, draw)`` turns the network's prediction at the
+  ``k``-th index into the next chain variable.
+
+:func:`run_sampler` runs any of them: it pads and repeats the observation, calls the network
+once per step and averages the samples. The PI-DDPM terms (regulariser, learned and
+known-PSF guidance) are applied by :class:`piddpm.diffusion.correction.PhysicsCorrection`, the
+same for every sampler. Three samplers are registered in :data:`SAMPLER_STEPS`: ancestral
+DDPM (Algorithm 2, all T steps), DDIM, and DPM-Solver++(2M). :func:`ddpm_sample`,
+:func:`ddim_sample` and :func:`dpm_solver_sample` are the function forms; :func:`sample`
+takes a :class:`piddpm.diffusion.settings.SamplerConfig`.
+
+All return :class:`SampleResult` ``(mean, std, samples)`` over ``num_samples`` independent
 samples per image, drawn as one batch of ``images x samples``. The derivations (DDIM physics
 step, known-PSF guidance) are in ``docs/diffusion.md``.
 
@@ -15,37 +30,37 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from piddpm import PiddpmError
-from piddpm.diffusion.guidance import (
-    PAPER_REFERENCE_PIXELS,
-    Guidance,
-    Likelihood,
-    Regulariser,
-    known_step,
-    paper_norm,
-    regulariser_gradient,
-    unit_rms,
+from piddpm.choices import Guidance, GuidanceNorm, Regulariser, options
+from piddpm.diffusion.correction import (
+    DDIM_LEARNED_DAMPING,
+    PhysicsCorrection,
+    learned_clean_scale,
 )
+from piddpm.diffusion.guidance import Likelihood
 from piddpm.diffusion.objectives import Target
-from piddpm.diffusion.schedules import Schedule, linear_schedule
-
-#: How the learned physics gradient is scaled before it is applied: ``per-image`` divides it
-#: by its rms over the image (tile) it was computed on, as training normalises its target per
-#: patch; ``none`` uses the network's output as it is (it was trained to have unit rms), so
-#: the step at a pixel does not depend on the rest of the tile (tile-invariant restore).
-GuidanceNorm = Literal["per-image", "none"]
+from piddpm.diffusion.schedules import Schedule
+from piddpm.padding import crop_padding, pad_to_multiple
 
 __all__ = [
+    "DDIM_LEARNED_DAMPING",
+    "SAMPLER_STEPS",
+    "DDIMStep",
+    "DDPMStep",
+    "DPMSolverStep",
     "GuidanceNorm",
     "SampleResult",
     "ddim_sample",
     "ddim_timesteps",
     "ddpm_sample",
+    "dpm_solver_sample",
     "learned_clean_scale",
+    "make_stepper",
+    "run_sampler",
+    "sample",
 ]
 
 
@@ -69,28 +84,6 @@ class SampleResult:
     samples: torch.Tensor
 
 
-#: Fraction of the ancestral sampler's nominal learned push that DDIM applies (measured on an
-#: overfitted tiny PI-DDPM: 1.0 overshoots at <= 50 steps, 0.3 is best and stable from 5 to
-#: 100 steps; see ``docs/diffusion.md``).
-DDIM_LEARNED_DAMPING = 0.3
-
-
-def learned_clean_scale(eta: float) -> float:
-    """The DDIM clean-space scale ``kappa`` of the learned gradient for a given ``eta``.
-
-    In Algorithm 2 on the paper's test schedule (linear, T = 200, 1e-4..3e-2), step ``t``
-    subtracts ``sigma_t * eta * sqrt(gamma_t) * g_hat / ||g_hat||`` from ``r_{t-1}``; read as a
-    shift of the clean estimate implied by ``r_{t-1}`` it is
-    ``eta * sigma_t * sqrt(alpha_t) / 128`` times the unit-rms direction (at 128 x 128). DDIM
-    spreads ``kappa * gamma_t * d(gamma)``, whose integral is ``kappa (1 - gamma_T^2) / 2``, so
-    ``kappa = DDIM_LEARNED_DAMPING * eta * sum_t sigma_t sqrt(alpha_t) / (128 (1 - gamma_T^2) / 2)``
-    (the damping because the ancestral chain undoes much of its nominal push with fresh noise).
-    """
-    ref = linear_schedule(200, 1e-4, 3e-2)
-    total = (ref.posterior_variance.sqrt() * ref.alphas.sqrt()).sum().item() / 128.0
-    return DDIM_LEARNED_DAMPING * float(eta) * total / ((1.0 - ref.gammas[-1].item() ** 2) / 2)
-
-
 # ---------------------------------------------------------------------------------------------
 # shared machinery
 
@@ -111,9 +104,9 @@ class _Setup:
 
 
 def _resolve_guidance(guidance: str, out_channels: int | None, c: int) -> tuple[bool, bool]:
-    if guidance not in ("auto", "learned", "known", "both", "none"):
+    if guidance not in options(Guidance):
         raise PiddpmError(
-            f"guidance must be 'auto', 'learned', 'known', 'both' or 'none', got {guidance!r}"
+            f"guidance must be one of {', '.join(options(Guidance))}, got {guidance!r}"
         )
     if guidance == "auto":
         guidance = "learned" if (out_channels or 0) >= 2 * c else "none"
@@ -131,13 +124,13 @@ def _check_noise_options(noise, guidance_norm) -> None:
         raise PiddpmError(
             f"noise must be callable (key, shape, device, dtype) -> Tensor, got {noise!r}"
         )
-    if guidance_norm not in ("per-image", "none"):
-        raise PiddpmError(f"guidance_norm must be 'per-image' or 'none', got {guidance_norm!r}")
+    if guidance_norm not in options(GuidanceNorm):
+        raise PiddpmError(
+            f"guidance_norm must be one of {', '.join(options(GuidanceNorm))}, got {guidance_norm!r}"
+        )
 
 
 def _setup(net, observed, psf, guidance, num_samples, generator, noise=None) -> _Setup:
-    from piddpm.networks.unet import pad_to_multiple
-
     if not torch.is_tensor(observed) or observed.ndim != 4:
         raise PiddpmError(
             f"observed must be a tensor (B, C, H, W), got {getattr(observed, 'shape', type(observed))}"
@@ -185,8 +178,6 @@ def _initial(setup: _Setup, initial_noise: torch.Tensor | None) -> torch.Tensor:
     x = setup.x
     if initial_noise is None:
         return _draw(setup, 0, x)
-    from piddpm.networks.unet import pad_to_multiple
-
     z = torch.as_tensor(initial_noise).to(device=x.device, dtype=x.dtype)
     b, n, c = setup.batch, setup.num_samples, setup.channels
     if z.ndim == 4 and n == 1:
@@ -230,8 +221,6 @@ def _predict(net, r, x, gamma: float, c: int, autocast: bool, need_g: bool = Fal
 
 
 def _finish(setup: _Setup, r0: torch.Tensor, target: str) -> SampleResult:
-    from piddpm.networks.unet import crop_padding
-
     y = setup.x + r0 if target == "residual" else r0
     y = crop_padding(y, setup.pad)
     samples = y.reshape(setup.batch, setup.num_samples, *y.shape[1:])
@@ -245,8 +234,10 @@ def _check_common(schedule, target, regulariser, lam, eta, zeta):
         raise PiddpmError(f"schedule must be a piddpm Schedule, got {type(schedule).__name__}")
     if target not in ("residual", "direct"):
         raise PiddpmError(f"target must be 'residual' or 'direct', got {target!r}")
-    if regulariser not in (None, "l1", "l2"):
-        raise PiddpmError(f"regulariser must be 'l1', 'l2' or None, got {regulariser!r}")
+    if regulariser is not None and regulariser not in options(Regulariser):
+        raise PiddpmError(
+            f"regulariser must be one of {', '.join(options(Regulariser))} or None, got {regulariser!r}"
+        )
     for name, v in (("lam", lam), ("eta", eta), ("zeta", zeta)):
         if not (math.isfinite(v) and v >= 0):
             raise PiddpmError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -260,16 +251,155 @@ def _progress(iterable, enabled: bool, desc: str):
     return tqdm(iterable, desc=desc, leave=False)
 
 
-def _y0(setup: _Setup, r0_hat: torch.Tensor, target: str) -> torch.Tensor:
-    return setup.x + r0_hat if target == "residual" else r0_hat
+# ---------------------------------------------------------------------------------------------
+# the step objects
+
+
+def ddim_timesteps(T: int, num_steps: int) -> list[int]:  # noqa: N803
+    """Decreasing 0-based step indices ``i = t - 1`` from ``T - 1`` to 0, about evenly spaced.
+
+    The sampler jumps ``t_k -> t_{k+1}`` along these and finally to ``t = 0``
+    (``gamma_0 = 1``), so it calls the network ``len(result)`` times.
+    """
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise PiddpmError(f"num_steps must be a positive int, got {num_steps!r}")
+    n = min(num_steps, T)
+    idx = torch.linspace(T - 1, 0, n, dtype=torch.float64).round().long().tolist()
+    return list(dict.fromkeys(idx))
+
+
+class DDPMStep:
+    """Ancestral DDPM, Algorithm 2 of the paper: every step of the schedule.
+
+    For ``t = T..1``, ``z ~ N(0, I)`` (``z = 0`` at ``t = 1``)::
+
+        mu      = (r_t - beta_t / sqrt(1 - gamma_t) * eps_hat) / sqrt(alpha_t)
+        r_{t-1} = mu + sigma_t z   - (the correction, PhysicsCorrection.ancestral)
+    """
+
+    name = "ddpm"
+
+    def set_timesteps(self, schedule: Schedule) -> None:
+        """All ``T`` steps, ``T - 1`` down to 0."""
+        self.schedule = schedule
+        self.timesteps = list(range(schedule.T - 1, -1, -1))
+        self._sqrt_gammas = schedule.sqrt_gammas.tolist()
+        self._sqrt_gammas_prev = schedule.gammas_prev.sqrt().tolist()
+
+    def step(self, k, r, eps_hat, g_hat, correction: PhysicsCorrection, draw) -> torch.Tensor:
+        """``r_{t-1}`` from ``r_t`` and the network's prediction at index ``timesteps[k]``."""
+        sch, i = self.schedule, self.timesteps[k]
+        sg, sgp = self._sqrt_gammas[i], self._sqrt_gammas_prev[i]
+        sigma = sch.posterior_variance[i].sqrt().item()
+        r_next = (r - sch.eps_coef[i].item() * eps_hat) * sch.sqrt_recip_alphas[i].item()
+        if i > 0:
+            r_next = r_next + sigma * draw(sch.T - i, r)
+        r0_hat = None
+        if correction.uses_known:
+            r0_hat = (r - sch.sqrt_one_minus_gammas[i].item() * eps_hat) / sg
+        return correction.ancestral(
+            r_next, r, r0_hat, g_hat, sigma=sigma, sqrt_gamma=sg, sqrt_gamma_prev=sgp
+        )
+
+
+class DDIMStep:
+    """DDIM (Song et al. 2021) on ``num_steps`` of the schedule.
+
+    For each jump ``t -> s`` (``s`` the next step, finally ``gamma_s = 1``)::
+
+        r0_hat = (r_t - sqrt(1 - gamma_t) eps_hat) / sqrt(gamma_t) - (the clean correction)
+        sigma  = eta_ddim sqrt((1 - gamma_s) / (1 - gamma_t)) sqrt(1 - gamma_t / gamma_s)
+        r_s    = sqrt(gamma_s) r0_hat + sqrt(1 - gamma_s - sigma^2) eps_hat + sigma z
+    """
+
+    name = "ddim"
+
+    def __init__(self, num_steps: int = 20, eta_ddim: float = 0.0, max_jump_weight: float = 0.1):
+        if not (math.isfinite(eta_ddim) and eta_ddim >= 0):
+            raise PiddpmError(f"eta_ddim must be >= 0, got {eta_ddim!r}")
+        self.num_steps, self.eta_ddim, self.max_jump_weight = num_steps, eta_ddim, max_jump_weight
+
+    def set_timesteps(self, schedule: Schedule) -> None:
+        """``num_steps`` indices, about evenly spaced (:func:`ddim_timesteps`)."""
+        self.schedule = schedule
+        self.timesteps = ddim_timesteps(schedule.T, self.num_steps)
+
+    def _gammas(self, k: int) -> tuple[float, float]:
+        """``gamma_t`` at step ``k`` and ``gamma_s`` of the jump's end (1 after the last)."""
+        g = self.schedule.gammas
+        g_t = g[self.timesteps[k]].item()
+        g_s = g[self.timesteps[k + 1]].item() if k + 1 < len(self.timesteps) else 1.0
+        return g_t, g_s
+
+    def clean_estimate(self, k, r, eps_hat, g_hat, correction: PhysicsCorrection):
+        """The corrected ``r0_hat`` at step ``k``, with ``gamma_t`` and ``gamma_s``."""
+        g_t, g_s = self._gammas(k)
+        r0_hat = (r - math.sqrt(1 - g_t) * eps_hat) / math.sqrt(g_t)
+        weight = min(g_s - g_t, self.max_jump_weight)
+        return r0_hat - correction.clean(r0_hat, g_hat, g_t, weight), g_t, g_s
+
+    def step(self, k, r, eps_hat, g_hat, correction: PhysicsCorrection, draw) -> torch.Tensor:
+        """``r_s`` from ``r_t`` and the network's prediction at index ``timesteps[k]``."""
+        r0_hat, g_t, g_s = self.clean_estimate(k, r, eps_hat, g_hat, correction)
+        sigma = self.eta_ddim * math.sqrt((1 - g_s) / (1 - g_t) * (1 - g_t / g_s))
+        r = math.sqrt(g_s) * r0_hat + math.sqrt(max(1 - g_s - sigma**2, 0.0)) * eps_hat
+        if sigma > 0:
+            r = r + sigma * draw(k + 1, r)
+        return r
+
+
+class DPMSolverStep(DDIMStep):
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): a second-order multistep solver of
+    the probability-flow ODE in data prediction, deterministic given ``r_T``.
+
+    With ``alpha = sqrt(gamma)``, ``sigma = sqrt(1 - gamma)``, ``lambda = log(alpha / sigma)``
+    and ``D`` the corrected clean estimate, a jump ``t -> s`` is::
+
+        h   = lambda_s - lambda_t
+        D'  = D_t                                      (first step)
+            = (1 + 1 / (2 q)) D_t - 1 / (2 q) D_prev    (q = h_prev / h)
+        r_s = (sigma_s / sigma_t) r_t - alpha_s (exp(-h) - 1) D'
+
+    and the last jump (to ``gamma = 1``) returns ``D_t`` (first order, as "lower order
+    final"). The PI-DDPM correction acts on ``D_t`` exactly as in DDIM.
+    """
+
+    name = "dpm-solver++"
+
+    def __init__(self, num_steps: int = 20, max_jump_weight: float = 0.1):
+        super().__init__(num_steps, 0.0, max_jump_weight)
+
+    def set_timesteps(self, schedule: Schedule) -> None:
+        super().set_timesteps(schedule)
+        self._previous: tuple[torch.Tensor, float] | None = None
+
+    def step(self, k, r, eps_hat, g_hat, correction: PhysicsCorrection, draw) -> torch.Tensor:  # noqa: ARG002
+        d_t, g_t, g_s = self.clean_estimate(k, r, eps_hat, g_hat, correction)
+        if g_s >= 1.0:
+            return d_t
+        lambda_t = 0.5 * math.log(g_t / (1.0 - g_t))
+        lambda_s = 0.5 * math.log(g_s / (1.0 - g_s))
+        h = lambda_s - lambda_t
+        d = d_t
+        if self._previous is not None:
+            d_prev, h_prev = self._previous
+            q = h_prev / h
+            d = (1.0 + 0.5 / q) * d_t - (0.5 / q) * d_prev
+        self._previous = (d_t, h)
+        return math.sqrt((1 - g_s) / (1 - g_t)) * r - math.sqrt(g_s) * math.expm1(-h) * d
+
+
+#: The registered samplers: name (as in :data:`piddpm.choices.Sampler`) -> step class.
+SAMPLER_STEPS = {"ddpm": DDPMStep, "ddim": DDIMStep, "dpm-solver++": DPMSolverStep}
 
 
 # ---------------------------------------------------------------------------------------------
-# ancestral DDPM
+# the loop
 
 
 @torch.no_grad()
-def ddpm_sample(
+def run_sampler(
+    stepper,
     net: torch.nn.Module,
     observed: torch.Tensor,
     schedule: Schedule,
@@ -290,6 +420,48 @@ def ddpm_sample(
     autocast: bool = False,
     noise=None,
     guidance_norm: GuidanceNorm = "per-image",
+) -> SampleResult:
+    """Run a sampler step object (:data:`SAMPLER_STEPS`) over ``observed``.
+
+    One network evaluation per index of ``stepper.timesteps``; parameters as
+    :func:`ddpm_sample`.
+    """
+    _check_common(schedule, target, regulariser, lam, eta, zeta)
+    _check_noise_options(noise, guidance_norm)
+    s = _setup(net, observed, psf, guidance, num_samples, generator, noise)
+    r = _initial(s, initial_noise)
+    correction = PhysicsCorrection(
+        regulariser=regulariser,
+        lam=lam,
+        eta=eta,
+        zeta=zeta,
+        use_learned=s.use_learned,
+        operator=s.operator if s.use_known else None,
+        observed=s.x,
+        target=target,
+        guidance_norm=guidance_norm,
+        likelihood=likelihood,
+        background=background,
+    )
+    stepper.set_timesteps(schedule)
+
+    def draw(key: int, like: torch.Tensor) -> torch.Tensor:
+        return _draw(s, key, like)
+
+    desc = stepper.name.upper()
+    for k in _progress(range(len(stepper.timesteps)), progress, desc):
+        gamma = schedule.gammas[stepper.timesteps[k]].item()
+        eps_hat, g_hat = _predict(net, r, s.x, gamma, s.channels, autocast, s.use_learned)
+        r = stepper.step(k, r, eps_hat, g_hat, correction, draw)
+    return _finish(s, r, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# the function forms
+
+
+def ddpm_sample(
+    net: torch.nn.Module, observed: torch.Tensor, schedule: Schedule, **kwargs
 ) -> SampleResult:
     """Ancestral PI-DDPM sampling, Algorithm 2 of the paper (``MATH.md``), over all T steps.
 
@@ -353,62 +525,9 @@ def ddpm_sample(
     -------
     SampleResult
     """
-    _check_common(schedule, target, regulariser, lam, eta, zeta)
-    _check_noise_options(noise, guidance_norm)
-    s = _setup(net, observed, psf, guidance, num_samples, generator, noise)
-    r = _initial(s, initial_noise)
-    sg = schedule.sqrt_gammas.tolist()
-    sgp = schedule.gammas_prev.sqrt().tolist()
-    for i in _progress(range(schedule.T - 1, -1, -1), progress, "DDPM"):
-        gamma = schedule.gammas[i].item()
-        eps_hat, g_hat = _predict(net, r, s.x, gamma, s.channels, autocast, s.use_learned)
-        sigma = schedule.posterior_variance[i].sqrt().item()
-        r_next = (r - schedule.eps_coef[i].item() * eps_hat) * schedule.sqrt_recip_alphas[i].item()
-        if i > 0:
-            r_next = r_next + sigma * _draw(s, schedule.T - i, r)
-        if regulariser is not None and lam > 0:
-            r_next = r_next - sigma * lam * regulariser_gradient(r, regulariser)
-        if s.use_learned and eta > 0:
-            scale = (
-                paper_norm(g_hat).clamp_min(1e-12)
-                if guidance_norm == "per-image"
-                else math.sqrt(PAPER_REFERENCE_PIXELS)
-            )
-            r_next = r_next - sigma * eta * sg[i] * g_hat / scale
-        if s.use_known and zeta > 0:
-            r0_hat = (r - schedule.sqrt_one_minus_gammas[i].item() * eps_hat) / sg[i]
-            step = zeta * (sgp[i] ** 2 - sg[i] ** 2)
-            corr = known_step(
-                _y0(s, r0_hat, target),
-                s.x,
-                s.operator,
-                step,
-                likelihood=likelihood,
-                background=background,
-            )
-            r_next = r_next - sgp[i] * corr
-        r = r_next
-    return _finish(s, r, target)
+    return run_sampler(DDPMStep(), net, observed, schedule, **kwargs)
 
 
-# ---------------------------------------------------------------------------------------------
-# DDIM
-
-
-def ddim_timesteps(T: int, num_steps: int) -> list[int]:  # noqa: N803
-    """Decreasing 0-based step indices ``i = t - 1`` from ``T - 1`` to 0, about evenly spaced.
-
-    The sampler jumps ``t_k -> t_{k+1}`` along these and finally to ``t = 0``
-    (``gamma_0 = 1``), so it calls the network ``len(result)`` times.
-    """
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise PiddpmError(f"num_steps must be a positive int, got {num_steps!r}")
-    n = min(num_steps, T)
-    idx = torch.linspace(T - 1, 0, n, dtype=torch.float64).round().long().tolist()
-    return list(dict.fromkeys(idx))
-
-
-@torch.no_grad()
 def ddim_sample(
     net: torch.nn.Module,
     observed: torch.Tensor,
@@ -417,22 +536,7 @@ def ddim_sample(
     num_steps: int = 20,
     eta_ddim: float = 0.0,
     max_jump_weight: float = 0.1,
-    regulariser: Regulariser | None = "l1",
-    lam: float = 0.015,
-    eta: float = 10.0,
-    guidance: Guidance = "auto",
-    psf: torch.Tensor | None = None,
-    zeta: float = 1.0,
-    likelihood: Likelihood = "gaussian",
-    background: float = 0.0,
-    target: Target = "residual",
-    num_samples: int = 1,
-    generator: torch.Generator | None = None,
-    initial_noise: torch.Tensor | None = None,
-    progress: bool = False,
-    autocast: bool = False,
-    noise=None,
-    guidance_norm: GuidanceNorm = "per-image",
+    **kwargs,
 ) -> SampleResult:
     """DDIM sampling (Song et al. 2021) on ``num_steps`` of ``schedule``, with PI-DDPM terms.
 
@@ -457,35 +561,63 @@ def ddim_sample(
         0: deterministic given ``r_T``; 1: the ancestral posterior noise.
     Other parameters and the result as :func:`ddpm_sample`.
     """
-    _check_common(schedule, target, regulariser, lam, eta, zeta)
-    if not (math.isfinite(eta_ddim) and eta_ddim >= 0):
-        raise PiddpmError(f"eta_ddim must be >= 0, got {eta_ddim!r}")
-    _check_noise_options(noise, guidance_norm)
-    s = _setup(net, observed, psf, guidance, num_samples, generator, noise)
-    r = _initial(s, initial_noise)
-    steps = ddim_timesteps(schedule.T, num_steps)
-    kappa = learned_clean_scale(eta) if s.use_learned else 0.0
-    for k in _progress(range(len(steps)), progress, "DDIM"):
-        i = steps[k]
-        g_t = schedule.gammas[i].item()
-        g_s = schedule.gammas[steps[k + 1]].item() if k + 1 < len(steps) else 1.0
-        eps_hat, g_hat = _predict(net, r, s.x, g_t, s.channels, autocast, s.use_learned)
-        r0_hat = (r - math.sqrt(1 - g_t) * eps_hat) / math.sqrt(g_t)
-        w = min(g_s - g_t, max_jump_weight)
-        correction = torch.zeros_like(r0_hat)
-        if regulariser is not None and lam > 0:
-            correction = correction + w * lam * regulariser_gradient(r0_hat, regulariser)
-        if s.use_learned and kappa > 0:
-            g_unit = unit_rms(g_hat) if guidance_norm == "per-image" else g_hat
-            correction = correction + g_t * w * kappa * g_unit
-        if s.use_known and zeta > 0:
-            y0_hat = _y0(s, r0_hat, target)
-            correction = correction + known_step(
-                y0_hat, s.x, s.operator, w * zeta, likelihood=likelihood, background=background
-            )
-        r0_hat = r0_hat - correction
-        sigma = eta_ddim * math.sqrt((1 - g_s) / (1 - g_t) * (1 - g_t / g_s))
-        r = math.sqrt(g_s) * r0_hat + math.sqrt(max(1 - g_s - sigma**2, 0.0)) * eps_hat
-        if sigma > 0:
-            r = r + sigma * _draw(s, k + 1, r)
-    return _finish(s, r, target)
+    return run_sampler(
+        DDIMStep(num_steps, eta_ddim, max_jump_weight), net, observed, schedule, **kwargs
+    )
+
+
+def dpm_solver_sample(
+    net: torch.nn.Module,
+    observed: torch.Tensor,
+    schedule: Schedule,
+    *,
+    num_steps: int = 20,
+    max_jump_weight: float = 0.1,
+    **kwargs,
+) -> SampleResult:
+    """DPM-Solver++(2M) sampling (:class:`DPMSolverStep`) on ``num_steps`` of ``schedule``.
+
+    Deterministic given ``r_T`` (several samples differ by their ``r_T`` only); the PI-DDPM
+    terms act on the clean estimate as in :func:`ddim_sample`. Other parameters and the
+    result as :func:`ddpm_sample`.
+    """
+    return run_sampler(DPMSolverStep(num_steps, max_jump_weight), net, observed, schedule, **kwargs)
+
+
+def make_stepper(config, num_timesteps: int):
+    """The step object for a :class:`~piddpm.diffusion.settings.SamplerConfig`."""
+    if config.sampler == "ddpm":
+        return DDPMStep()
+    steps = config.resolved_steps(num_timesteps)
+    if config.sampler == "ddim":
+        return DDIMStep(steps, config.resolved_eta_ddim())
+    return DPMSolverStep(steps)
+
+
+def sample(
+    net: torch.nn.Module,
+    observed: torch.Tensor,
+    schedule: Schedule,
+    config,
+    *,
+    method: str = "pi-ddpm",
+    **kwargs,
+) -> SampleResult:
+    """Sample with the settings of a :class:`~piddpm.diffusion.settings.SamplerConfig`.
+
+    ``config.guidance = "auto"`` resolves for ``method``; ``kwargs`` are the run's other
+    inputs (``psf``, ``noise``, ``generator``, ``target``, ``guidance_norm``, ``progress``,
+    ``autocast``, ``zeta``, ...) as :func:`run_sampler` takes them.
+    """
+    return run_sampler(
+        make_stepper(config, schedule.T),
+        net,
+        observed,
+        schedule,
+        regulariser=config.regulariser_or_none(),
+        lam=config.lam,
+        eta=config.eta,
+        guidance=config.resolved_guidance(method),
+        num_samples=config.samples,
+        **kwargs,
+    )

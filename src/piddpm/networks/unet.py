@@ -23,13 +23,14 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from piddpm import PiddpmError
+from piddpm.padding import PadInfo, crop_padding, pad_to_multiple
 
 Norm = Literal["group", "instance", "layer", "none"]
 #: Normalisations whose output at a pixel depends only on that pixel's channels: a network
@@ -463,58 +464,6 @@ def build_unet(
         return UNet(in_channels, out_channels, conditioned=conditioned, **kwargs)
     except TypeError as exc:
         raise PiddpmError(f"bad UNet option for preset {preset!r}: {exc}") from None
-
-
-class PadInfo(NamedTuple):
-    """Padding added by :func:`pad_to_multiple`, in pixels: top, bottom, left, right."""
-
-    top: int
-    bottom: int
-    left: int
-    right: int
-
-
-def pad_to_multiple(
-    x: torch.Tensor, multiple: int, mode: str = "reflect"
-) -> tuple[torch.Tensor, PadInfo]:
-    """Pad the last two axes of ``x`` to multiples of ``multiple``, split evenly on both sides.
-
-    Parameters
-    ----------
-    x : Tensor (..., H, W)
-    multiple : int
-        E.g. ``net.downsample_factor``.
-    mode : str
-        ``"reflect"`` (default; falls back to ``"replicate"`` when a pad would exceed the image
-        size minus one, which reflect cannot do) or any mode of ``torch.nn.functional.pad``.
-
-    Returns
-    -------
-    padded : Tensor (..., H', W')
-    info : PadInfo
-        Give it to :func:`crop_padding` to recover the original extent.
-    """
-    if multiple < 1:
-        raise PiddpmError(f"pad multiple must be >= 1, got {multiple}")
-    if x.ndim < 2:
-        raise PiddpmError(f"pad_to_multiple needs a tensor (..., H, W), got shape {tuple(x.shape)}")
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    info = PadInfo(ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)
-    if ph == 0 and pw == 0:
-        return x, info
-    if mode == "reflect" and (max(info.top, info.bottom) >= h or max(info.left, info.right) >= w):
-        mode = "replicate"
-    lead = x.shape[:-2]
-    x4 = x.reshape(-1, 1, h, w)
-    out = F.pad(x4, (info.left, info.right, info.top, info.bottom), mode=mode)
-    return out.reshape(*lead, h + ph, w + pw), info
-
-
-def crop_padding(x: torch.Tensor, info: PadInfo) -> torch.Tensor:
-    """Remove the padding recorded in ``info`` from the last two axes of ``x``."""
-    h, w = x.shape[-2:]
-    return x[..., info.top : h - info.bottom, info.left : w - info.right]
 
 
 # ---------------------------------------------------------------------------------------------
