@@ -486,15 +486,7 @@ def run_demo(
     """
     from piddpm.restore import resolve_device
 
-    if isinstance(size, bool) or int(size) != size or not MIN_SIZE <= size <= MAX_SIZE:
-        raise PiddpmError(f"size {size!r}: expected an integer from {MIN_SIZE} to {MAX_SIZE} px")
-    size = int(size)
-    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-        raise PiddpmError(f"seed {seed!r}: expected an integer >= 0")
-    seed = int(seed)
-    for label, value in (("samples", samples), ("steps", steps)):
-        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-            raise PiddpmError(f"{label} {value!r}: expected a positive integer")
+    size, seed = _check_demo_arguments(size, seed, samples, steps)
     _specimen_parts(specimen)
     dev = resolve_device(device)
     out = check_output_dir(out_dir, overwrite)
@@ -506,35 +498,74 @@ def run_demo(
     )  # fmt: skip
     seeds = np.random.SeedSequence(seed).spawn(1 + len(MICROSCOPES))
     t0 = time.perf_counter()
+    _render_ground_truth(ctx, specimen, size, seeds[0])
+    settings = _demo_settings(ctx, specimen, size)
+    for k, (modality, micro) in enumerate(MICROSCOPES.items()):
+        settings["modalities"][modality] = _one_modality(ctx, micro, seeds[1 + k], specimen)
+    note = _write_metrics_tables(ctx, specimen, size)
+    result = ctx.result
+    settings["normalisation"] = note
+    settings["notes"] = result.notes
+    settings["runtime_s"] = round(time.perf_counter() - t0, 2)
+    result.files.append(_write_text(out / "demo.json", json.dumps(settings, indent=2) + "\n", True))
+    return result
+
+
+def _check_demo_arguments(size, seed, samples, steps) -> tuple[int, int]:
+    """Validate the numeric arguments of :func:`run_demo`; returns ``(size, seed)`` as ints."""
+    if isinstance(size, bool) or int(size) != size or not MIN_SIZE <= size <= MAX_SIZE:
+        raise PiddpmError(f"size {size!r}: expected an integer from {MIN_SIZE} to {MAX_SIZE} px")
+    size = int(size)
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise PiddpmError(f"seed {seed!r}: expected an integer >= 0")
+    seed = int(seed)
+    for label, value in (("samples", samples), ("steps", steps)):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+            raise PiddpmError(f"{label} {value!r}: expected a positive integer")
+    return size, seed
+
+
+def _render_ground_truth(
+    ctx: _Context, specimen: str, size: int, seed_seq: np.random.SeedSequence
+) -> None:
+    """Render the specimen into ``ctx.gt`` and write ``ground_truth.tif``."""
     ctx.say(
-        f"rendering specimen {specimen!r}: {size} x {size} px at {PIXEL_SIZE_UM} um (seed {seed})"
+        f"rendering specimen {specimen!r}: {size} x {size} px at {PIXEL_SIZE_UM} um "
+        f"(seed {ctx.seed})"
     )
     ctx.gt = render_demo_specimen(
-        specimen, size, PIXEL_SIZE_UM, generator=np.random.default_rng(seeds[0])
+        specimen, size, PIXEL_SIZE_UM, generator=np.random.default_rng(seed_seq)
     )
     ctx.tiff(
         "ground_truth.tif", ctx.gt,
         {"content": "ground truth: relative fluorophore density, peak 1", "specimen": specimen,
-         "seed": seed},
+         "seed": ctx.seed},
     )  # fmt: skip
-    settings: dict[str, Any] = {
+
+
+def _demo_settings(ctx: _Context, specimen: str, size: int) -> dict[str, Any]:
+    """The run's settings for ``demo.json`` (the modalities are filled in as they run)."""
+    return {
         "piddpm_version": __version__,
         "specimen": specimen,
         "size_px": size,
         "pixel_size_um": PIXEL_SIZE_UM,
-        "seed": seed,
-        "fast": bool(fast),
-        "device": str(dev),
+        "seed": ctx.seed,
+        "fast": ctx.fast,
+        "device": str(ctx.device),
         "camera": dict(CAMERA, gain_adu_per_e=1.0, offset_adu=0.0, boundary="zero"),
-        "ms_ssim": {"win_size": win, "scales": scales},
+        "ms_ssim": {"win_size": ctx.win, "scales": ctx.scales},
         "modalities": {},
     }
-    for k, (modality, micro) in enumerate(MICROSCOPES.items()):
-        settings["modalities"][modality] = _one_modality(ctx, micro, seeds[1 + k], specimen)
-    result = ctx.result
 
-    # metrics tables
-    note = NORMALISATION_NOTE.format(background=CAMERA["background"], win=win, scales=scales)
+
+def _write_metrics_tables(ctx: _Context, specimen: str, size: int) -> str:
+    """Write ``metrics.csv`` and ``metrics.md``, set the headline; returns the
+    normalisation note."""
+    result, out = ctx.result, ctx.out
+    note = NORMALISATION_NOTE.format(
+        background=CAMERA["background"], win=ctx.win, scales=ctx.scales
+    )
     buf = io.StringIO()
     fields = ["modality", "method", "psnr_db", "ms_ssim", "nrmse", "runtime_s", "details"]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
@@ -546,7 +577,7 @@ def run_demo(
     md = [
         "# piddpm demo: metrics",
         "",
-        f"Specimen `{specimen}`, {size} x {size} px at {PIXEL_SIZE_UM} um, seed {seed}.",
+        f"Specimen `{specimen}`, {size} x {size} px at {PIXEL_SIZE_UM} um, seed {ctx.seed}.",
         "",
         format_table(result.metrics, markdown=True),
         "",
@@ -557,11 +588,7 @@ def run_demo(
     if result.notes:
         md += ["", "**Skipped.** " + " ".join(result.notes)]
     result.files.append(_write_text(out / "metrics.md", "\n".join(md) + "\n", True))
-    settings["normalisation"] = note
-    settings["notes"] = result.notes
-    settings["runtime_s"] = round(time.perf_counter() - t0, 2)
-    result.files.append(_write_text(out / "demo.json", json.dumps(settings, indent=2) + "\n", True))
-    return result
+    return note
 
 
 @dataclass
@@ -597,11 +624,6 @@ def _one_modality(
 ) -> dict[str, Any]:
     """Image ``ctx.gt`` through one microscope, restore, write TIFFs and the figure, add the
     metrics rows to ``ctx.result``; returns the settings used (for ``demo.json``)."""
-    import torch
-
-    from piddpm.acquisition import acquire
-    from piddpm.baselines import richardson_lucy
-
     gt, modality, size = ctx.gt, micro.modality, ctx.gt.shape[0]
     ctx.say(f"{modality}: {micro.description}")
     kernel = _kernel_size(micro, size)
@@ -615,28 +637,8 @@ def _one_modality(
         f"{modality}_psf.tif", psf,
         {"content": f"{modality} PSF, in-focus plane, unit sum", **micro_meta},
     )  # fmt: skip
-
-    # simulation on the CPU in float64, so the observation does not depend on --device
-    noise_gen = torch.Generator().manual_seed(_torch_seed(seed_seq))
-    shot = acquire(
-        torch.from_numpy(gt.astype(np.float64)), torch.from_numpy(psf),
-        photons=CAMERA["photons"], background=CAMERA["background"],
-        read_noise=CAMERA["read_noise"], boundary="zero", generator=noise_gen,
-    )  # fmt: skip
-    observed = shot["observed"].float().numpy()
-    scale = float(shot["scale"][0])  # photons per unit of ground-truth density
+    observed, scale, unit_meta = _simulate(ctx, micro, psf, seed_seq, micro_meta)
     bg = CAMERA["background"]
-    unit_meta = {
-        "units": "photo-electrons per pixel (gain 1, offset 0), background included",
-        "photons_per_gt_unit": scale,
-        "background_photons": bg,
-        **micro_meta,
-    }
-    ctx.tiff(
-        f"{modality}_observed.tif", observed,
-        {"content": f"{modality} camera image (Poisson + read noise)", **unit_meta,
-         "camera": dict(CAMERA, gain_adu_per_e=1.0, offset_adu=0.0)},
-    )  # fmt: skip
 
     rows: list[dict[str, Any]] = []
     panels: list[tuple[str, np.ndarray, str]] = []
@@ -649,8 +651,75 @@ def _one_modality(
         panels.append((METHOD_LABELS[method], est_gt, f"PSNR {m['psnr_db']:.1f} dB"))
 
     record("input", (observed.astype(np.float64) - bg) / scale, 0.0, "raw camera image")
+    u, rl_time, n_iter = _restore_rl(ctx, modality, observed, psf, unit_meta)
+    record("rl", u / scale, rl_time, f"{n_iter} iterations (auto rule)")
+    chosen, std_gt = _restore_with_models(ctx, micro, observed, psf, scale, unit_meta, record)
 
-    # Richardson-Lucy: Poisson maximum likelihood with the known PSF and background
+    panels.append(("ground truth", gt, specimen))
+    fig_path = ctx.out / f"{modality}.png"
+    _write_figure(
+        fig_path, panels, std_gt, gt,
+        f"{micro.description}\n{CAMERA['photons']:g} photons peak, background "
+        f"{CAMERA['background']:g}, read noise {CAMERA['read_noise']:g} e-; "
+        f"{size} px at {PIXEL_SIZE_UM * 1000:g} nm",
+        overwrite=True,
+    )  # fmt: skip
+    ctx.result.files.append(fig_path)
+    ctx.result.metrics.extend(rows)
+    return {
+        **micro_meta, "psf_kernel_px": kernel, "photons_per_gt_unit": scale,
+        "rl_iterations": n_iter, "models": {m: e.name for m, e in chosen.items()},
+    }  # fmt: skip
+
+
+def _simulate(
+    ctx: _Context,
+    micro: Microscope,
+    psf: np.ndarray,
+    seed_seq: np.random.SeedSequence,
+    micro_meta: dict[str, Any],
+) -> tuple[np.ndarray, float, dict[str, Any]]:
+    """Image ``ctx.gt`` with ``psf`` and the camera, write ``{modality}_observed.tif``;
+    returns the observation, the photons per unit of ground-truth density and the metadata
+    of images in camera units."""
+    import torch
+
+    from piddpm.acquisition import acquire
+
+    modality = micro.modality
+    # simulation on the CPU in float64, so the observation does not depend on --device
+    noise_gen = torch.Generator().manual_seed(_torch_seed(seed_seq))
+    shot = acquire(
+        torch.from_numpy(ctx.gt.astype(np.float64)), torch.from_numpy(psf),
+        photons=CAMERA["photons"], background=CAMERA["background"],
+        read_noise=CAMERA["read_noise"], boundary="zero", generator=noise_gen,
+    )  # fmt: skip
+    observed = shot["observed"].float().numpy()
+    scale = float(shot["scale"][0])  # photons per unit of ground-truth density
+    unit_meta = {
+        "units": "photo-electrons per pixel (gain 1, offset 0), background included",
+        "photons_per_gt_unit": scale,
+        "background_photons": CAMERA["background"],
+        **micro_meta,
+    }
+    ctx.tiff(
+        f"{modality}_observed.tif", observed,
+        {"content": f"{modality} camera image (Poisson + read noise)", **unit_meta,
+         "camera": dict(CAMERA, gain_adu_per_e=1.0, offset_adu=0.0)},
+    )  # fmt: skip
+    return observed, scale, unit_meta
+
+
+def _restore_rl(
+    ctx: _Context, modality: str, observed: np.ndarray, psf: np.ndarray, unit_meta: dict
+) -> tuple[np.ndarray, float, int]:
+    """Richardson-Lucy (Poisson maximum likelihood with the known PSF and background), write
+    ``{modality}_rl.tif``; returns the estimate (background removed), runtime, iterations."""
+    import torch
+
+    from piddpm.baselines import richardson_lucy
+
+    bg = CAMERA["background"]
     t = time.perf_counter()
     u, info = richardson_lucy(
         torch.from_numpy(observed).to(ctx.device),
@@ -667,9 +736,22 @@ def _one_modality(
          "num_iter": n_iter, "rule": "auto (Poisson discrepancy <= 1, relative change < 1e-3, "
          "or 200 iterations)", **unit_meta},
     )  # fmt: skip
-    record("rl", u / scale, rl_time, f"{n_iter} iterations (auto rule)")
+    return u, rl_time, n_iter
 
-    # bundled models
+
+def _restore_with_models(
+    ctx: _Context,
+    micro: Microscope,
+    observed: np.ndarray,
+    psf: np.ndarray,
+    scale: float,
+    unit_meta: dict,
+    record: Callable[[str, np.ndarray, float, str], None],
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Restore with the bundled models that fit the modality, write their TIFFs and
+    ``record`` their metrics; returns the chosen models and the PI-DDPM std (ground-truth
+    units, ``None`` without PI-DDPM samples)."""
+    modality, bg = micro.modality, CAMERA["background"]
     chosen, notes = select_models(modality)
     for note in notes:
         ctx.say("note: " + note)
@@ -709,19 +791,4 @@ def _one_modality(
                  "posterior samples", **unit_meta},
             )  # fmt: skip
             std_gt = std / scale
-
-    panels.append(("ground truth", gt, specimen))
-    fig_path = ctx.out / f"{modality}.png"
-    _write_figure(
-        fig_path, panels, std_gt, gt,
-        f"{micro.description}\n{CAMERA['photons']:g} photons peak, background "
-        f"{CAMERA['background']:g}, read noise {CAMERA['read_noise']:g} e-; "
-        f"{size} px at {PIXEL_SIZE_UM * 1000:g} nm",
-        overwrite=True,
-    )  # fmt: skip
-    ctx.result.files.append(fig_path)
-    ctx.result.metrics.extend(rows)
-    return {
-        **micro_meta, "psf_kernel_px": kernel, "photons_per_gt_unit": scale,
-        "rl_iterations": n_iter, "models": {m: e.name for m, e in chosen.items()},
-    }  # fmt: skip
+    return chosen, std_gt
