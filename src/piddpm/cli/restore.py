@@ -53,6 +53,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="restoration method; default: the model's method (must match the model)",
     )
+    _add_psf_arguments(p)
+    _add_sampling_arguments(p)
+    _add_tiling_arguments(p)
+    return p
+
+
+def _add_psf_arguments(p: argparse.ArgumentParser) -> None:
+    """The PSF options: a PSF file, or a microscope to compute it for."""
     psf = p.add_argument_group("PSF (needed by --method rl and --guidance known/both)")
     psf.add_argument("--psf", default=None, help="PSF image file (2D, or 3D: brightest plane used)")
     psf.add_argument(
@@ -76,6 +84,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="pixel size in the sample, micrometres (default: from the file's metadata)",
     )
+
+
+def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """The sampling options of the diffusion methods (and their extra outputs)."""
     s = p.add_argument_group("sampling (diffusion methods)")
     s.add_argument(
         "--sampler",
@@ -136,6 +148,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="physics guidance: learned (pi-ddpm), known (needs a PSF), both, none; default: "
         "the model's",
     )
+
+
+def _add_tiling_arguments(p: argparse.ArgumentParser) -> None:
+    """Tiling, device, seed and output-handling options."""
     t = p.add_argument_group("tiling and execution")
     t.add_argument(
         "--tile",
@@ -169,7 +185,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar (flag)")
     t.add_argument("--overwrite", action="store_true", help="replace existing output files (flag)")
-    return p
 
 
 def _is_zarr(path: str) -> bool:
