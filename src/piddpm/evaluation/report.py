@@ -210,6 +210,18 @@ def write_report(path, rows, *, cfg, notes, rl_tuning, figures, env, elapsed_s, 
     """Write report.md (tables per suite and dataset, comparisons, tuning, ablations)."""
     out_dir = Path(out_dir)
     L: list[str] = []
+    L += _header_lines(cfg, notes, env, elapsed_s)
+    L += _suite_lines(rows, cfg)
+    L += _noref_lines(rows)
+    L += _rl_tuning_lines(rl_tuning)
+    L += _ablation_lines(rows, cfg)
+    L += _figure_and_file_lines(figures, out_dir)
+    Path(path).write_text("\n".join(L), encoding="utf-8")
+
+
+def _header_lines(cfg, notes, env, elapsed_s) -> list[str]:
+    """Title, configuration, models used, notes and the description of the methods."""
+    L: list[str] = []
     L.append("# piddpm benchmark report\n")
     L.append(
         f"Configuration: suite **{cfg.suite}**{' (--quick subset)' if cfg.quick else ''}; "
@@ -242,7 +254,13 @@ def write_report(path, rows, *, cfg, notes, rl_tuning, figures, env, elapsed_s, 
         "seconds per megapixel of the whole `restore` call on this machine (model loading "
         "included).\n"
     )
+    return L
 
+
+def _suite_lines(rows, cfg) -> list[str]:
+    """One section per suite (synthetic, real): how it is scored, then a table, the best
+    methods and the comparisons per dataset."""
+    L: list[str] = []
     suites = [("synthetic", "Synthetic suite", SYNTHETIC_METRICS), ("real", "Real suite",
               REAL_METRICS)]  # fmt: skip
     for suite, title, metrics in suites:
@@ -250,57 +268,74 @@ def write_report(path, rows, *, cfg, notes, rl_tuning, figures, env, elapsed_s, 
         if not datasets:
             continue
         L.append(f"## {title}\n")
-        if suite == "synthetic":
-            L.append(
-                "Seeded test set rendered by `piddpm.data` specimens (no haze: background 0) "
-                f"through microscopes drawn from ranges wider than training (NA "
-                f"{cfg.synthetic.na[0]}-{cfg.synthetic.na[1]}, emission "
-                f"{cfg.synthetic.em_wavelength_nm[0]:g}-{cfg.synthetic.em_wavelength_nm[1]:g} "
-                f"nm, pixel {cfg.synthetic.pixel_nyquist_factor[0]}-"
-                f"{cfg.synthetic.pixel_nyquist_factor[1]} x Nyquist, "
-                f"{cfg.synthetic.photons[0]:g}-{cfg.synthetic.photons[1]:g} photons), "
-                f"{cfg.synthetic.size} x {cfg.synthetic.size} px. Datasets ending in "
-                "`-psfmodels` use in-focus PSFs from `psfmodels` (an independent vectorial "
-                "implementation). **Normalisation:** none fitted: the restoration `y` "
-                "(photo-electrons) is mapped to specimen units `(y - background) / s` with "
-                "the simulation's known background and scale and compared with the ground "
-                "truth (0 background, peak 1), `data_range = 1`. Data consistency is "
-                "`||A y - x|| / ||x||` with the true PSF; its noise floor (the same for the "
-                "ground truth) is in results.csv (`dc_noise_floor`). Hallucination: energy "
-                "fraction of the restoration not explained by the ground truth (0 is "
-                "perfect). Calibration: mean |observed - expected| coverage of the 1/2/3 "
-                "sigma intervals of the posterior std (with samples > 1).\n"
-            )
-        else:
-            L.append(
-                "TEST split of the shared data (MANIFEST.md; the dev split was used only to "
-                "tune RL). **Normalisation:** the reference is mapped by its 0.1 / 99.9 "
-                "percentiles to 0 / 1, the restoration by a least-squares affine fit "
-                "`a y + b` to that reference (as CARE / W2S), then PSNR, MS-SSIM and NRMSE "
-                "with `data_range = 1`. The fit can only improve the scores; it removes the "
-                "unknown 8-bit scaling of each file. Where the reference is a widefield image "
-                "(W2S 400-frame average, GigaDB high-SNR), a deconvolved restoration is "
-                "sharper than the reference by design: *PSNR of A y* compares the restoration "
-                "re-blurred with the assumed PSF instead. The files record no optics: the "
-                f"PSF is assumed ({cfg.real.na} NA, {cfg.real.em_wavelength_nm:g} nm, pixel "
-                f"{cfg.real.psf_nyquist_factor:g} x Nyquist; confocal pinhole "
-                f"{cfg.real.pinhole_au:g} AU). Large images are centre-cropped to "
-                f"{cfg.real.crop} x {cfg.real.crop} px.\n"
-            )
+        L.append(_suite_intro(suite, cfg))
         for ds in datasets:
-            ref = ", ".join(sorted({r["reference"] for r in rows
-                                    if r["suite"] == suite and r["dataset"] == ds}))  # fmt: skip
-            L.append(f"### {ds} (reference: {ref})\n")
-            L.append(table(rows, suite, ds, metrics) + "\n")
-            best = _best_sentences(rows, suite, ds)
-            if best:
-                L.append(best + "\n")
-            comp = comparisons(rows, suite, ds)
-            if comp:
-                L.append("\n".join(comp) + "\n")
-            elif not any(r["method"].startswith("pi-ddpm") for r in rows):
-                L.append("No PI-DDPM result on this dataset: no comparison with it is possible.\n")
+            L += _dataset_lines(rows, suite, ds, metrics)
+    return L
 
+
+def _suite_intro(suite: str, cfg) -> str:
+    """The paragraph that says what a suite holds and how its images are normalised."""
+    if suite == "synthetic":
+        return (
+            "Seeded test set rendered by `piddpm.data` specimens (no haze: background 0) "
+            f"through microscopes drawn from ranges wider than training (NA "
+            f"{cfg.synthetic.na[0]}-{cfg.synthetic.na[1]}, emission "
+            f"{cfg.synthetic.em_wavelength_nm[0]:g}-{cfg.synthetic.em_wavelength_nm[1]:g} "
+            f"nm, pixel {cfg.synthetic.pixel_nyquist_factor[0]}-"
+            f"{cfg.synthetic.pixel_nyquist_factor[1]} x Nyquist, "
+            f"{cfg.synthetic.photons[0]:g}-{cfg.synthetic.photons[1]:g} photons), "
+            f"{cfg.synthetic.size} x {cfg.synthetic.size} px. Datasets ending in "
+            "`-psfmodels` use in-focus PSFs from `psfmodels` (an independent vectorial "
+            "implementation). **Normalisation:** none fitted: the restoration `y` "
+            "(photo-electrons) is mapped to specimen units `(y - background) / s` with "
+            "the simulation's known background and scale and compared with the ground "
+            "truth (0 background, peak 1), `data_range = 1`. Data consistency is "
+            "`||A y - x|| / ||x||` with the true PSF; its noise floor (the same for the "
+            "ground truth) is in results.csv (`dc_noise_floor`). Hallucination: energy "
+            "fraction of the restoration not explained by the ground truth (0 is "
+            "perfect). Calibration: mean |observed - expected| coverage of the 1/2/3 "
+            "sigma intervals of the posterior std (with samples > 1).\n"
+        )
+    else:
+        return (
+            "TEST split of the shared data (MANIFEST.md; the dev split was used only to "
+            "tune RL). **Normalisation:** the reference is mapped by its 0.1 / 99.9 "
+            "percentiles to 0 / 1, the restoration by a least-squares affine fit "
+            "`a y + b` to that reference (as CARE / W2S), then PSNR, MS-SSIM and NRMSE "
+            "with `data_range = 1`. The fit can only improve the scores; it removes the "
+            "unknown 8-bit scaling of each file. Where the reference is a widefield image "
+            "(W2S 400-frame average, GigaDB high-SNR), a deconvolved restoration is "
+            "sharper than the reference by design: *PSNR of A y* compares the restoration "
+            "re-blurred with the assumed PSF instead. The files record no optics: the "
+            f"PSF is assumed ({cfg.real.na} NA, {cfg.real.em_wavelength_nm:g} nm, pixel "
+            f"{cfg.real.psf_nyquist_factor:g} x Nyquist; confocal pinhole "
+            f"{cfg.real.pinhole_au:g} AU). Large images are centre-cropped to "
+            f"{cfg.real.crop} x {cfg.real.crop} px.\n"
+        )
+
+
+def _dataset_lines(rows, suite: str, ds: str, metrics) -> list[str]:
+    """Heading, table, best methods and comparisons of one dataset of a suite."""
+    L: list[str] = []
+    ref = ", ".join(sorted({r["reference"] for r in rows
+                            if r["suite"] == suite and r["dataset"] == ds}))  # fmt: skip
+    L.append(f"### {ds} (reference: {ref})\n")
+    L.append(table(rows, suite, ds, metrics) + "\n")
+    best = _best_sentences(rows, suite, ds)
+    if best:
+        L.append(best + "\n")
+    comp = comparisons(rows, suite, ds)
+    if comp:
+        L.append("\n".join(comp) + "\n")
+    elif not any(r["method"].startswith("pi-ddpm") for r in rows):
+        L.append("No PI-DDPM result on this dataset: no comparison with it is possible.\n")
+    return L
+
+
+def _noref_lines(rows) -> list[str]:
+    """The no-reference resolution section of the single real images (none if empty)."""
+    L: list[str] = []
     noref = _noref_table(rows)
     if noref:
         L.append("## Single real images: no-reference resolution\n")
@@ -311,7 +346,12 @@ def write_report(path, rows, *, cfg, notes, rl_tuning, figures, env, elapsed_s, 
             "noise can also lower these numbers: read them with the figures).\n"
         )
         L.append(noref + "\n")
+    return L
 
+
+def _rl_tuning_lines(rl_tuning) -> list[str]:
+    """The Richardson-Lucy iteration tuning on dev data."""
+    L: list[str] = []
     L.append("## Richardson-Lucy iterations (tuned on dev data only)\n")
     if rl_tuning:
         L.append("| family | dev images | grid | mean dev PSNR per grid value | chosen |")
@@ -325,7 +365,12 @@ def write_report(path, rows, *, cfg, notes, rl_tuning, figures, env, elapsed_s, 
         )
     else:
         L.append("RL was not run.\n")
+    return L
 
+
+def _ablation_lines(rows, cfg) -> list[str]:
+    """The PI-DDPM sampler ablations: one table per sweep."""
+    L: list[str] = []
     L.append("## Ablations (PI-DDPM sampler)\n")
     abl = [r for r in rows if r["suite"] == "ablation"]
     if not abl:
@@ -354,7 +399,12 @@ def write_report(path, rows, *, cfg, notes, rl_tuning, figures, env, elapsed_s, 
             best = max(agg, key=lambda k: agg[k]["psnr"][0] if math.isfinite(
                 agg[k]["psnr"][0]) else -1e9)  # fmt: skip
             L.append(f"\nBest PSNR in this sweep: `{best[0]}` ({agg[best]['psnr'][0]:.2f} dB).\n")
+    return L
 
+
+def _figure_and_file_lines(figures, out_dir: Path) -> list[str]:
+    """The figures (relative links) and the list of files written."""
+    L: list[str] = []
     if figures:
         L.append("## Figures\n")
         L.append(
@@ -370,4 +420,4 @@ def write_report(path, rows, *, cfg, notes, rl_tuning, figures, env, elapsed_s, 
     L.append("- `results.csv`: one row per image x method x setting (all metrics, timings).")
     L.append("- `rl_tuning.json`: the RL dev tuning (also cached in `rl_tuning_cache.json`).")
     L.append("- `figures/`: the panels above.\n")
-    Path(path).write_text("\n".join(L), encoding="utf-8")
+    return L
