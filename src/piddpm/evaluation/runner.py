@@ -204,7 +204,6 @@ def run_benchmark(
     -------
     BenchmarkResult
     """
-    from piddpm.evaluation.figures import ablation_plots, panel
     from piddpm.evaluation.report import write_csv, write_report
 
     t_start = time.perf_counter()
@@ -218,9 +217,33 @@ def run_benchmark(
     rl_tuning: dict[str, Any] = {}
     cache = out / "rl_tuning_cache.json"
     want_rl = any(p.method == "rl" for p in plans)
-    synth_cases: list[Case] = []
+    synth_cases = _synthetic_suite(cfg, entries, plans, runner, notes, rl_tuning, cache, want_rl)
+    if cfg.suite in ("real", "all"):
+        _real_suite(cfg, data_dir, plans, runner, notes, rl_tuning, cache, want_rl)
+    ablation_rows = _ablation_suite(cfg, entries, synth_cases, runner, notes)
+    figures = _write_figures(runner, ablation_rows, out / "figures")
 
-    # ---- synthetic
+    write_csv(runner.rows, out / "results.csv", RESULT_COLUMNS)
+    import json
+
+    (out / "rl_tuning.json").write_text(json.dumps(rl_tuning, indent=2))
+    env = _environment(cfg, entries)
+    elapsed = time.perf_counter() - t_start
+    write_report(out / "report.md", runner.rows, cfg=cfg, notes=notes, rl_tuning=rl_tuning,
+                 figures=figures, env=env, elapsed_s=elapsed, out_dir=out)  # fmt: skip
+    log(f"wrote {out / 'results.csv'} ({len(runner.rows)} rows) and {out / 'report.md'}")
+    return BenchmarkResult(out, runner.rows, notes, rl_tuning, figures, elapsed)
+
+
+def _synthetic_suite(
+    cfg: BenchmarkConfig, entries, plans, runner: _Runner, notes: list[str],
+    rl_tuning: dict[str, Any], cache: Path, want_rl: bool,
+) -> list[Case]:  # fmt: skip
+    """Render the seeded synthetic test set (also needed by the ablations) and, when the
+    suite is run, tune RL per modality on the dev set and run every plan on it; returns the
+    test cases."""
+    log = runner.log
+    synth_cases: list[Case] = []
     if cfg.suite in ("synthetic", "all") or (cfg.ablation.enabled and any(
             e.method == "pi-ddpm" for e in entries)):  # fmt: skip
         log("synthetic suite: rendering the seeded test set")
@@ -241,41 +264,50 @@ def run_benchmark(
                         rl_iters[c.dataset] = res["iterations"]
         log(f"synthetic suite: {len(synth_cases)} images x {len(plans)} methods")
         runner.run_cases("synthetic", synth_cases, plans, rl_iters)
+    return synth_cases
 
-    # ---- real
-    if cfg.suite in ("real", "all"):
-        ddir = Path(data_dir) if data_dir is not None else shared_data_dir()
-        if ddir is None or not (ddir / "MANIFEST.md").is_file():
-            msg = (
-                "real suite skipped: the shared data folder was not found (set "
-                "PIDDPM_SHARED_DATA or place it at ../shared/data; see docs/evaluation.md)"
-            )
-            notes.append(msg)
-            log("note: " + msg)
-        else:
-            tests = real_cases(cfg.real, ddir, "test")
-            singles = no_reference_cases(cfg.real, ddir) if cfg.real.no_reference else []
-            rl_iters = {}
-            if want_rl:
-                dev = real_cases(cfg.real, ddir, "dev")
-                for fam, targets in (("w2s", ("w2s-sim", "w2s-avg400")),
-                                     ("gigadb", ("gigadb", "single-images"))):  # fmt: skip
-                    dcases = [c for c in dev if c.dataset == f"dev-{fam}"]
-                    if not dcases:
-                        continue
-                    res = tune_rl(fam, dcases, cfg.rl_grid, _psnr_score, cache_file=cache,
-                                  tile=cfg.tile)  # fmt: skip
-                    rl_tuning[fam] = res
-                    log(
-                        f"RL tuned on {len(dcases)} dev pairs ({fam}): {res['iterations']} iterations"
-                    )
-                    for t in targets:
-                        rl_iters[t] = res["iterations"]
-            log(f"real suite: {len(tests)} test pairs, {len(singles)} single images")
-            runner.run_cases("real", tests, plans, rl_iters)
-            runner.run_cases("no-reference", singles, plans, rl_iters)
 
-    # ---- ablations
+def _real_suite(
+    cfg: BenchmarkConfig, data_dir, plans, runner: _Runner, notes: list[str],
+    rl_tuning: dict[str, Any], cache: Path, want_rl: bool,
+) -> None:  # fmt: skip
+    """The real suite: the shared data's test pairs and single images, RL tuned per family
+    on the dev pairs; a note instead when the shared data folder is missing."""
+    log = runner.log
+    ddir = Path(data_dir) if data_dir is not None else shared_data_dir()
+    if ddir is None or not (ddir / "MANIFEST.md").is_file():
+        msg = (
+            "real suite skipped: the shared data folder was not found (set "
+            "PIDDPM_SHARED_DATA or place it at ../shared/data; see docs/evaluation.md)"
+        )
+        notes.append(msg)
+        log("note: " + msg)
+        return
+    tests = real_cases(cfg.real, ddir, "test")
+    singles = no_reference_cases(cfg.real, ddir) if cfg.real.no_reference else []
+    rl_iters = {}
+    if want_rl:
+        dev = real_cases(cfg.real, ddir, "dev")
+        for fam, targets in (("w2s", ("w2s-sim", "w2s-avg400")),
+                             ("gigadb", ("gigadb", "single-images"))):  # fmt: skip
+            dcases = [c for c in dev if c.dataset == f"dev-{fam}"]
+            if not dcases:
+                continue
+            res = tune_rl(fam, dcases, cfg.rl_grid, _psnr_score, cache_file=cache,
+                          tile=cfg.tile)  # fmt: skip
+            rl_tuning[fam] = res
+            log(f"RL tuned on {len(dcases)} dev pairs ({fam}): {res['iterations']} iterations")
+            for t in targets:
+                rl_iters[t] = res["iterations"]
+    log(f"real suite: {len(tests)} test pairs, {len(singles)} single images")
+    runner.run_cases("real", tests, plans, rl_iters)
+    runner.run_cases("no-reference", singles, plans, rl_iters)
+
+
+def _ablation_suite(
+    cfg: BenchmarkConfig, entries, synth_cases: list[Case], runner: _Runner, notes: list[str]
+) -> list[dict[str, Any]]:
+    """The PI-DDPM sampler ablations (rows also added to the runner's), or a note why not."""
     pi_models = [e for e in entries if e.method == "pi-ddpm"]
     ablation_rows: list[dict[str, Any]] = []
     if not cfg.ablation.enabled:
@@ -283,11 +315,16 @@ def run_benchmark(
     elif not pi_models:
         notes.append("ablations skipped: no PI-DDPM model was found")
     else:
-        ablation_rows = _ablations(cfg, synth_cases, pi_models, log)
+        ablation_rows = _ablations(cfg, synth_cases, pi_models, runner.log)
         runner.rows += ablation_rows
+    return ablation_rows
+
+
+def _write_figures(runner: _Runner, ablation_rows, fig_dir: Path) -> list[Path]:
+    """Panels of the kept images and the ablation plots, in ``fig_dir``; returns the paths."""
+    from piddpm.evaluation.figures import ablation_plots, panel
 
     figures: list[Path] = []
-    fig_dir = out / "figures"
     fig_dir.mkdir(exist_ok=True)
     for (dataset, name), outputs in runner.keep.items():
         if outputs:
@@ -296,11 +333,11 @@ def run_benchmark(
             figures.append(path)
     if ablation_rows:
         figures += ablation_plots(ablation_rows, fig_dir)
+    return figures
 
-    write_csv(runner.rows, out / "results.csv", RESULT_COLUMNS)
-    import json
 
-    (out / "rl_tuning.json").write_text(json.dumps(rl_tuning, indent=2))
+def _environment(cfg: BenchmarkConfig, entries) -> dict[str, Any]:
+    """Versions, platform, device and the models used, for the report."""
     env = {
         "piddpm": __version__,
         "python": sys.version.split()[0],
@@ -318,11 +355,7 @@ def run_benchmark(
         env["threads"] = torch.get_num_threads()
     except ImportError:  # pragma: no cover
         pass
-    elapsed = time.perf_counter() - t_start
-    write_report(out / "report.md", runner.rows, cfg=cfg, notes=notes, rl_tuning=rl_tuning,
-                 figures=figures, env=env, elapsed_s=elapsed, out_dir=out)  # fmt: skip
-    log(f"wrote {out / 'results.csv'} ({len(runner.rows)} rows) and {out / 'report.md'}")
-    return BenchmarkResult(out, runner.rows, notes, rl_tuning, figures, elapsed)
+    return env
 
 
 def _ablations(cfg: BenchmarkConfig, cases: list[Case], models, log) -> list[dict[str, Any]]:
