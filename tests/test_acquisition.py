@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.fft
+import scipy.ndimage
 import scipy.signal
 import torch
 
@@ -160,9 +161,26 @@ def test_bad_psf_raises_clear_error(psf, match):
 
 def test_bad_boundary_and_image_shape():
     with pytest.raises(PiddpmError, match="boundary"):
-        blur(torch.ones(8, 8), torch.ones(3, 3), boundary="reflect")
+        blur(torch.ones(8, 8), torch.ones(3, 3), boundary="mirror")
+    with pytest.raises(PiddpmError, match="boundary"):
+        blur_adjoint(torch.ones(8, 8), torch.ones(3, 3), boundary="reflect")
     with pytest.raises(PiddpmError, match=r"\(B, C, H, W\)"):
         blur(torch.ones(2, 8, 8), torch.ones(3, 3))
+
+
+def test_reflect_boundary_is_scipy_mirror_convolution_and_keeps_a_flat_image_flat():
+    """The reflecting boundary extends the image by mirror reflection: it equals
+    scipy.ndimage.convolve(mode="mirror") and, with a unit-sum PSF, a flat image stays flat
+    at the border (energy is conserved pixel by pixel; "zero" darkens the rim)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(23, 31, generator=gen, dtype=torch.float64)
+    psf = torch.rand(7, 5, generator=gen, dtype=torch.float64)
+    psf /= psf.sum()
+    ref = scipy.ndimage.convolve(x.numpy(), psf.numpy(), mode="mirror")
+    np.testing.assert_allclose(blur(x, psf, boundary="reflect").numpy(), ref, atol=1e-12)
+    flat = torch.full((16, 16), 3.0, dtype=torch.float64)
+    torch.testing.assert_close(blur(flat, psf, boundary="reflect"), flat)
+    assert blur(flat, psf, boundary="zero")[0, 0] < 3.0 - 0.1
 
 
 def test_fast_fft_size_matches_scipy():

@@ -255,7 +255,7 @@ def test_field_items_are_normalised_on_the_whole_field_with_restores_rule(monkey
     """One function computes the intensity range for training fields and for restore's planes,
     and a training item is a window of a field normalised as a whole."""
     import piddpm.normalisation as normalisation
-    from piddpm.restore import _plane_range
+    from piddpm.restore.settings import plane_range as _plane_range
 
     seen = []
     real = normalisation.intensity_range

@@ -34,6 +34,7 @@ import torch
 from piddpm import PiddpmError
 
 __all__ = [
+    "BlurBoundary",
     "Boundary",
     "BlurOperator",
     "acquire",
@@ -46,6 +47,8 @@ __all__ = [
 
 Boundary = Literal["zero", "periodic"]
 _BOUNDARIES = ("zero", "periodic")
+#: :func:`blur` also takes ``"reflect"``: the image extended by mirror reflection.
+BlurBoundary = Literal[Boundary, "reflect"]
 
 #: A PSF value below ``-_NEG_TOL * max(psf)`` is an error; smaller negative values (FFT
 #: round-off of a computed PSF) are accepted and used as they are.
@@ -198,7 +201,7 @@ def _apply(images: torch.Tensor, otf: torch.Tensor, padded_hw, adjoint: bool) ->
 # --------------------------------------------------------------------------------------
 # blur operator
 # --------------------------------------------------------------------------------------
-def blur(images: torch.Tensor, psf, boundary: Boundary = "zero") -> torch.Tensor:
+def blur(images: torch.Tensor, psf, boundary: BlurBoundary = "zero") -> torch.Tensor:
     """Convolve images with a PSF (the forward operator ``A``), same-size output.
 
     Parameters
@@ -208,15 +211,20 @@ def blur(images: torch.Tensor, psf, boundary: Boundary = "zero") -> torch.Tensor
     psf : Tensor or array, shape (B, 1, kh, kw), (1, 1, kh, kw) or (kh, kw)
         Point spread function, one per sample or shared; centre pixel ``(kh // 2, kw // 2)``.
         Must be finite and ``>= 0``, and no larger than the image. It is not renormalised.
-    boundary : {"zero", "periodic"}
+    boundary : {"zero", "periodic", "reflect"}
         ``"zero"``: the image is extended by zeros (linear convolution, cropped);
-        ``"periodic"``: circular convolution.
+        ``"periodic"``: circular convolution; ``"reflect"``: the image is extended by mirror
+        reflection (edge replication where it is too small to mirror), so a flat image stays
+        flat up to its border (the forward model of restore's data-consistency map; no
+        adjoint is offered for it).
 
     Returns
     -------
     Tensor, same shape, dtype and device as ``images``
         ``(A x)[i, j] = sum_{m, n} psf[m, n] x[i + kh//2 - m, j + kw//2 - n]``.
     """
+    if boundary == "reflect":
+        return _blur_reflect(images, psf)
     _check_boundary(boundary)
     x, was2d = _as_images(images)
     k = _as_psf(psf, like=x)
@@ -224,6 +232,17 @@ def blur(images: torch.Tensor, psf, boundary: Boundary = "zero") -> torch.Tensor
     _check_fits(x.shape[-2:], k.shape[-2:])
     padded = _padded_shape(x.shape[-2:], k.shape[-2:], boundary)
     out = _apply(x, _otf(k, padded), padded, adjoint=False)
+    return out[0, 0] if was2d else out
+
+
+def _blur_reflect(images, psf) -> torch.Tensor:
+    from piddpm.padding import reflect_pad
+
+    x, was2d = _as_images(images)
+    k = _as_psf(psf, like=x)
+    ph, pw = k.shape[-2] // 2, k.shape[-1] // 2
+    h, w = x.shape[-2:]
+    out = blur(reflect_pad(x, ph, pw), k, boundary="zero")[..., ph : ph + h, pw : pw + w]
     return out[0, 0] if was2d else out
 
 

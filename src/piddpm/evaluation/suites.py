@@ -342,7 +342,7 @@ def assumed_psf(cfg: RealSuiteConfig, modality: str) -> tuple[np.ndarray, float,
     """The PSF assumed for real images without recorded optics: (kernel, pixel_um, note)."""
     import warnings
 
-    from piddpm.restore import make_psf
+    from piddpm.optics import make_psf
 
     pixel_um = cfg.psf_nyquist_factor * cfg.em_wavelength_nm * 1e-3 / (4.0 * cfg.na)
     with warnings.catch_warnings():  # the confocal excitation PSF is finer than Nyquist

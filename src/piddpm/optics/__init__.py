@@ -3,6 +3,7 @@
 See ``docs/optics.md`` for the model, formulas and conventions.
 """
 
+from piddpm.optics.kernels import make_psf, psf_size_for
 from piddpm.optics.measure import fwhm, psf_fwhm_um, radial_profile
 from piddpm.optics.otf import frequencies_per_um, otf
 from piddpm.optics.psf import (
@@ -31,4 +32,6 @@ __all__ = [
     "fwhm",
     "radial_profile",
     "psf_fwhm_um",
+    "make_psf",
+    "psf_size_for",
 ]
