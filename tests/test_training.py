@@ -359,3 +359,20 @@ def test_cli_max_time_parses_durations():
     for bad in ("0", "-5m", "soon", ""):
         with pytest.raises(argparse.ArgumentTypeError, match="positive duration"):
             _duration(bad)
+
+
+def test_the_package_keeps_the_public_names_of_the_former_module():
+    """``piddpm.training`` became a package; everything the module exported still is, and the
+    model files functions are those of :mod:`piddpm.models.files`."""
+    import piddpm.training as training
+    from piddpm.models import files
+
+    names = """CHECKPOINT_FORMAT MODEL_FORMAT FORMAT_VERSION RESUMABLE_CHANGES DistInfo
+    dist_from_env resolve_device mix_seed learning_rate network_channels build_network
+    build_schedule make_dataset StreamBatches EMA save_checkpoint list_checkpoints
+    load_checkpoint CsvLog psnr_db write_preview cpu_name hardware_description TrainResult
+    restore_batch train dihedral model_config export_model load_trained""".split()
+    assert [n for n in names if not hasattr(training, n)] == []
+    assert training.export_model is files.export_model
+    assert training.load_trained is files.load_trained
+    assert (training.MODEL_FORMAT, training.FORMAT_VERSION) == ("piddpm-trained-model", 1)

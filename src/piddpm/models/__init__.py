@@ -3,29 +3,35 @@
 A bundled model is a folder ``src/piddpm/models/<name>/`` holding
 
 - ``model.safetensors``: the weights,
-- ``model.json``: the configuration written by :mod:`piddpm.training` (``method``,
+- ``model.json``: the configuration written by :mod:`piddpm.models.files` (``method``,
   ``preset``, ``schedule``, ``target``, ``normalisation``, ...) and optionally
   ``modality`` (``"widefield"`` / ``"confocal"``), ``aliases`` (extra names),
   ``description`` (one line) and ``restore_defaults`` (the settings
   :func:`piddpm.restore` uses when the caller leaves them unset: ``sampler``, ``steps``,
   ``eta``, ``eta_ddim``, ``regulariser``, ``lam``, ``guidance``, ``percentiles``; and the
-  recommended ``tile`` / ``overlap`` in pixels, measured by ``scripts/bundle_model.py``),
+  recommended ``tile`` / ``overlap`` in pixels, measured by ``piddpm models bundle``),
 - ``MODEL_CARD.md``: what it was trained on, how well it does, where it fails.
 
 Short names map to folders: ``widefield`` -> ``pi-ddpm-widefield``, ``confocal`` ->
 ``pi-ddpm-confocal`` (plus any ``aliases`` a model lists). A user's own model is given by
 path: a folder with ``model.json`` + ``model.safetensors``, or the ``.safetensors`` file with
 a ``.json`` of the same stem (or ``model.json``) beside it.
+
+Modules: this one is the registry (names, aliases, paths -> :class:`ModelEntry`);
+:mod:`piddpm.models.files` reads and writes the model files; :mod:`piddpm.models.bundle`
+(``piddpm models bundle``) makes a bundled model from a training run, with
+:mod:`piddpm.models.tuning` (restore defaults, held-out scores) and
+:mod:`piddpm.models.cards` (``MODEL_CARD.md``).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from piddpm import PiddpmError
+from piddpm.models.files import MODEL_METHODS, read_model_config  # noqa: F401 (MODEL_METHODS: kept importable here)
 
 __all__ = [
     "MODELS_DIR",
@@ -45,9 +51,6 @@ ALIASES: dict[str, str] = {
     "widefield": "pi-ddpm-widefield",
     "confocal": "pi-ddpm-confocal",
 }
-
-#: Methods a model can implement (``rl`` needs no model).
-MODEL_METHODS = ("pi-ddpm", "ddpm", "unet")
 
 
 @dataclass(frozen=True)
@@ -125,32 +128,6 @@ class ModelEntry:
         return dict(d) if isinstance(d, dict) else {}
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
-        raise PiddpmError(f"cannot read model configuration {path}: {err}") from err
-    except json.JSONDecodeError as err:
-        raise PiddpmError(f"model configuration {path} is not valid JSON: {err}") from err
-    if not isinstance(cfg, dict):
-        raise PiddpmError(f"model configuration {path} must hold a JSON object")
-    # networks.save_model wraps the training's model config: {"format", "network", "config"}
-    inner = cfg.get("config")
-    if cfg.get("format") == "piddpm-model" and isinstance(inner, dict):
-        merged = dict(inner)
-        for key in ("aliases", "description", "modality", "restore_defaults"):
-            if key in cfg and key not in merged:
-                merged[key] = cfg[key]
-        cfg = merged
-    method = cfg.get("method")
-    if method not in MODEL_METHODS:
-        raise PiddpmError(
-            f"model configuration {path} has method {method!r}; expected one of "
-            f"{', '.join(MODEL_METHODS)}"
-        )
-    return cfg
-
-
 def _entry_from_folder(folder: Path, *, bundled: bool) -> ModelEntry:
     cfg_path, weights = folder / "model.json", folder / "model.safetensors"
     missing = [p.name for p in (cfg_path, weights) if not p.is_file()]
@@ -164,7 +141,7 @@ def _entry_from_folder(folder: Path, *, bundled: bool) -> ModelEntry:
         name=folder.name if bundled else str(folder),
         weights=weights,
         config_path=cfg_path,
-        config=_read_config(cfg_path),
+        config=read_model_config(cfg_path),
         bundled=bundled,
         card_path=card if card.is_file() else None,
     )
@@ -273,7 +250,7 @@ def resolve_model(name_or_path: str | Path) -> ModelEntry:
         name=str(path),
         weights=weights,
         config_path=cfg_path,
-        config=_read_config(cfg_path),
+        config=read_model_config(cfg_path),
         bundled=False,
         card_path=card if card.is_file() else None,
     )
@@ -293,13 +270,13 @@ def load_entry(entry: ModelEntry, device: str = "cpu"):
         If the weights do not match the configuration (missing/unexpected tensors, wrong
         shapes) or cannot be read; the message names the file.
     """
-    from piddpm.networks import load_model
+    from piddpm.models.files import load_network
 
     key = _cache_key(entry, device)
     if key is not None and key in _LOADED:
         return _LOADED[key]
     try:
-        net, _ = load_model(entry.weights, device=device)
+        net, _ = load_network(entry.weights, device=device)
     except PiddpmError as err:
         raise PiddpmError(f"cannot load model {entry.name}: {err}") from err
     except Exception as err:  # noqa: BLE001 - any other failure also means a bad model file
