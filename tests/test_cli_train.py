@@ -100,3 +100,39 @@ def test_errors_are_one_line_with_the_file(tmp_path, capsys):
     assert "needs --out" in capsys.readouterr().err
     assert main(["train", "--steps", "3"]) == 2
     assert "--config is required" in capsys.readouterr().err
+
+
+def test_steps_at_or_below_the_warmup_cap_it_with_a_note(tmp_path, capsys):
+    """--steps N <= optimizer.warmup_steps trains with the warm-up capped to N // 2 and says
+    so in one line, instead of refusing the configuration."""
+    path = tmp_path / "warm.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "steps": 400, "optimizer": {"warmup_steps": 200}}))
+    out = tmp_path / "run"
+    rc = main(["train", "--config", str(path), "--out", str(out), "--steps", "2", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == (
+        "note: --steps 2 is not above optimizer.warmup_steps (200); warm-up capped to 1 "
+        "steps (steps // 2)"
+    )
+    assert "trained 2 steps" in printed[-1]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["steps"] == 2 and saved["optimizer"]["warmup_steps"] == 1
+
+
+def test_warmup_cap_of_the_example_config():
+    """The example from the issue: the tiny config (200 warm-up steps) with --steps 12."""
+    from pathlib import Path
+
+    from piddpm.training import load_run_config
+
+    example = Path(__file__).resolve().parents[1] / "configs" / "tiny-pi-ddpm-widefield.yaml"
+    cfg, note = load_run_config(example, {"steps": 12, "out_dir": "/tmp/unused"})
+    assert (cfg.steps, cfg.optimizer.warmup_steps) == (12, 6)
+    assert note is not None and "(200)" in note and "capped to 6" in note
+    cfg, note = load_run_config(example, {"steps": 1})
+    assert (cfg.steps, cfg.optimizer.warmup_steps, note is not None) == (1, 0, True)
+    cfg, note = load_run_config(example, {"steps": 201})
+    assert (cfg.optimizer.warmup_steps, note) == (200, None)
+    cfg, note = load_run_config(example)
+    assert note is None and cfg.optimizer.warmup_steps == 200

@@ -34,7 +34,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="total optimiser steps; None = the config's `steps` (with --resume: train up to "
-        "this step)",
+        "this step); at or below the config's optimizer.warmup_steps, the warm-up is capped "
+        "to steps // 2 (with a note)",
     )
     p.add_argument(
         "--out",
@@ -105,8 +106,7 @@ def _duration(text: str) -> float:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from piddpm.config import load_config
-    from piddpm.training import train
+    from piddpm.training import load_run_config, train
 
     if args.threads is not None:
         if args.threads < 1:
@@ -131,7 +131,10 @@ def run(args: argparse.Namespace) -> int:
         config_path = args.out / "config.json"
         if not config_path.is_file():
             raise PiddpmError(f"{args.out}: no config.json; is this a piddpm training run?")
-    cfg = load_config(config_path, overrides)
+    cfg, note = load_run_config(config_path, overrides)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if note and main_rank:
+        print(note)
     result = train(
         cfg,
         resume=args.resume,
@@ -139,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         stop_at_step=args.stop_at,
     )
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not main_rank:
         return 0  # under torchrun only rank 0 reports
     if result.model_path is not None:
         metrics = ", ".join(

@@ -40,6 +40,7 @@ Modules
 - :mod:`~piddpm.training.checkpoints`: resumable checkpoints, resume compatibility;
 - :mod:`~piddpm.training.distributed`: ``torchrun`` environment, device, collectives;
 - :mod:`~piddpm.training.outputs`: CSV logs, previews, hardware description;
+- :mod:`~piddpm.training.run_config`: the CLI's configuration (warm-up cap);
 - the model files (:func:`export_model`, :func:`load_trained`, :func:`model_config`) are
   :mod:`piddpm.models.files`, re-exported here.
 """
@@ -74,6 +75,7 @@ from piddpm.training.outputs import (
     read_log,
     write_preview,
 )
+from piddpm.training.run_config import load_run_config
 from piddpm.training.steps import (  # noqa: F401 (the private two: benchmarks/bench_training.py)
     _autocast,
     _compute_loss,
@@ -100,6 +102,7 @@ __all__ = [
     "learning_rate",
     "list_checkpoints",
     "load_checkpoint",
+    "load_run_config",
     "load_trained",
     "make_dataset",
     "mix_seed",
