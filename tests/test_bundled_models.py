@@ -6,14 +6,13 @@ accepted by :func:`piddpm.restore.restore`, and it restores a small synthetic ob
 its modality to a finite image of the input's shape; (slow) it beats the raw input in PSNR
 on held-out synthetic pairs. Without bundled models these tests skip with a message.
 
-``scripts/bundle_model.py`` itself is tested on a model exported (with
-:func:`piddpm.training.export_model`) from an untrained tiny network into a temporary
-registry, so that part runs without any bundled model.
+``piddpm models bundle`` (:mod:`piddpm.models.bundle`) itself is tested on a model exported
+(with :func:`piddpm.models.files.export_model`) from an untrained tiny network into a
+temporary registry, so that part runs without any bundled model.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -33,7 +32,7 @@ HELD_OUT_SEED = 4242
 MAX_BUNDLE_MB = 8.0
 
 _NO_MODELS = (
-    f"no bundled models in {MODELS_DIR} (bundle one with scripts/bundle_model.py); "
+    f"no bundled models in {MODELS_DIR} (bundle one with `piddpm models bundle`); "
     "bundled-model checks skipped"
 )
 _NAMES = [e.name for e in list_models()]
@@ -225,16 +224,7 @@ def test_beats_richardson_lucy_on_held_out_pairs(name):
     assert gain > 0, f"{name} ({samples} sample(s)): {gain:+.2f} dB against Richardson-Lucy"
 
 
-# ------------------------------------------------------------------ the bundling script
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "bundle_model", REPO / "scripts" / "bundle_model.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+# ------------------------------------------------------------------ piddpm models bundle
 
 
 @pytest.fixture(scope="module")
@@ -269,10 +259,10 @@ def fake_run(tmp_path_factory):
     return run
 
 
-def test_bundle_script_writes_a_registry_model(fake_run, tmp_path, monkeypatch):
+def test_bundle_writes_a_registry_model(fake_run, tmp_path, monkeypatch):
     import piddpm.models as reg
+    from piddpm.models import bundle as bm
 
-    bm = _script()
     root = tmp_path / "models"
     defaults = {"steps": 2, "guidance": "none", "tile": 64, "overlap": 16}
     folder = bm.bundle(
@@ -303,10 +293,10 @@ def test_bundle_script_writes_a_registry_model(fake_run, tmp_path, monkeypatch):
         bm.bundle(fake_run, "pi-ddpm-widefield", eval_n=0, dest_root=root, log=lambda *_: None)
 
 
-def test_bundle_script_from_checkpoint_and_bad_input(fake_run, tmp_path):
+def test_bundle_from_checkpoint_and_bad_input(fake_run, tmp_path):
+    from piddpm.models import bundle as bm
     from piddpm.training import load_trained
 
-    bm = _script()
     folder = bm.bundle(
         fake_run, "ckpt", from_checkpoint=True, eval_n=0, dest_root=tmp_path,
         log=lambda *_: None,
@@ -322,7 +312,58 @@ def test_bundle_script_from_checkpoint_and_bad_input(fake_run, tmp_path):
         bm.validate_defaults({"num_step": 3}, "pi-ddpm")
     with pytest.raises(PiddpmError, match="has no final model"):
         bm.export_weights(tmp_path, tmp_path / "x", from_checkpoint=False)
-    assert bm.main([str(tmp_path / "missing"), "--name", "a", "--dest", str(tmp_path)]) == 2
+    from piddpm.cli import main
+
+    assert main(["models", "bundle", str(tmp_path / "missing"), "--name", "a"]) == 2
+
+
+def test_cli_models_bundle_on_a_tiny_exported_run(fake_run, tmp_path, capsys):
+    """``piddpm models bundle RUN`` with the script's options writes a model whose
+    configuration carries the registry keys and the given restore defaults (passed through
+    as a plain dict), and whose card has the note and the evaluation."""
+    from piddpm.cli import main
+
+    defaults = {"steps": 2, "guidance": "none", "tile": 64, "overlap": 16}
+    base = ["models", "bundle", str(fake_run), "--name", "tiny-wf", "--alias", "tiny-a",
+            "--alias", "tiny-b", "--description", "a tiny test model", "--note", "test note",
+            "--restore-defaults", json.dumps(defaults), "--dest", str(tmp_path)]  # fmt: skip
+    argv = [*base, "--eval-n", "1"]
+    assert main(argv) == 0, capsys.readouterr().err
+    folder = tmp_path / "tiny-wf"
+    doc = json.loads((folder / "model.json").read_text())
+    cfg = doc["config"]
+    assert cfg["aliases"] == ["tiny-a", "tiny-b"] and cfg["modality"] == "widefield"
+    assert cfg["description"] == "a tiny test model" and cfg["restore_defaults"] == defaults
+    assert cfg["format"] == "piddpm-trained-model" and cfg["training"]["steps"] == 40
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "- test note" in card and "1 synthetic widefield pairs" in card
+    entry = resolve_model(folder)
+    assert entry.restore_defaults == defaults and entry.summary == "a tiny test model"
+
+    assert main(argv) == 2  # exists
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert main([*base, "--eval-n", "0", "--overwrite", "--threads", "1"]) == 0
+    bad = ["models", "bundle", str(fake_run), "--name", "x", "--dest", str(tmp_path)]
+    assert main([*bad, "--restore-defaults", "{not json"]) == 2
+    assert "--restore-defaults is not valid JSON" in capsys.readouterr().err
+    assert main([*bad, "--restore-defaults", "[1, 2]"]) == 2
+    assert "must be a JSON object" in capsys.readouterr().err
+
+
+def test_deprecated_script_calls_the_cli(fake_run, tmp_path, capsys):
+    """``scripts/bundle_model.py`` is a shim: same options, a deprecation note."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bundle_model", REPO / "scripts" / "bundle_model.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.score is not None and mod.synthetic_pairs is not None  # bench_heldout.py
+    argv = [str(fake_run), "--name", "via-script", "--eval-n", "0", "--dest", str(tmp_path)]
+    assert mod.main(argv) == 0
+    assert "deprecated; use `piddpm models bundle`" in capsys.readouterr().err
+    assert (tmp_path / "via-script" / "model.json").is_file()
 
 
 _TILE_INVARIANT = [
