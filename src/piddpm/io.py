@@ -35,6 +35,7 @@ __all__ = [
     "atomic_path",
     "check_axes",
     "read_image",
+    "write_image",
     "write_png",
     "write_tiff",
     "write_zarr",
@@ -582,6 +583,50 @@ def write_tiff(
             tmp, arr, ome=True, metadata=ome, photometric="minisblack" if "S" not in axes else "rgb"
         )
     return target
+
+
+def is_zarr_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a Zarr store (``.zarr`` suffix)."""
+    return str(path).rstrip("/\\").lower().endswith(ZARR_SUFFIXES)
+
+
+def write_image(
+    path: str | os.PathLike,
+    data,
+    *,
+    axes: str,
+    pixel_size_um=None,
+    metadata: dict | None = None,
+    overwrite: bool = False,
+    default_format: str = "tiff",
+) -> Path:
+    """Write a float32 image atomically, as OME-Zarr for a ``.zarr`` path and OME-TIFF for a
+    ``.tif`` / ``.tiff`` path (:func:`write_zarr`, :func:`write_tiff`).
+
+    Parameters
+    ----------
+    path, data, axes, pixel_size_um, overwrite :
+        As for :func:`write_tiff`.
+    metadata : dict, optional
+        JSON-serialisable extras: the OME-TIFF description, or the Zarr group's attributes.
+    default_format : {"tiff", "zarr"}
+        The format of a path with neither suffix.
+
+    Returns
+    -------
+    Path
+    """
+    if default_format not in ("tiff", "zarr"):
+        raise PiddpmError(f"default_format must be 'tiff' or 'zarr', got {default_format!r}")
+    name = str(path).lower()
+    tiff = name.endswith(TIFF_SUFFIXES)
+    if is_zarr_path(path) or (not tiff and default_format == "zarr"):
+        return write_zarr(
+            path, data, axes=axes, pixel_size_um=pixel_size_um, attrs=metadata, overwrite=overwrite
+        )
+    return write_tiff(
+        path, data, axes=axes, pixel_size_um=pixel_size_um, metadata=metadata, overwrite=overwrite
+    )
 
 
 def write_zarr(

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from piddpm.choices import (
+    GuidanceChoice,
+    Modality,
+    RegulariserChoice,
+    RestoreMethod,
+    Sampler,
+    options,
+)
+
 DESCRIPTION = """\
 Restore a fluorescence image with a bundled or trained model, or with Richardson-Lucy.
 
@@ -49,7 +58,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--method",
-        choices=["pi-ddpm", "ddpm", "unet", "rl"],
+        choices=options(RestoreMethod),
         default=None,
         help="restoration method; default: the model's method (must match the model)",
     )
@@ -65,7 +74,7 @@ def _add_psf_arguments(p: argparse.ArgumentParser) -> None:
     psf.add_argument("--psf", default=None, help="PSF image file (2D, or 3D: brightest plane used)")
     psf.add_argument(
         "--modality",
-        choices=["widefield", "confocal"],
+        choices=options(Modality),
         default=None,
         help="compute the PSF for this microscope type (with --na, --em-nm, ...)",
     )
@@ -91,15 +100,16 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("sampling (diffusion methods)")
     s.add_argument(
         "--sampler",
-        choices=["ddpm", "ddim"],
+        choices=options(Sampler),
         default=None,
-        help="ddim (fast, few steps) or ddpm (ancestral, all steps); default: the model's (ddim)",
+        help="ddim (fast, few steps), dpm-solver++ (DPM-Solver++(2M), few steps, "
+        "deterministic) or ddpm (ancestral, all steps); default: the model's (ddim)",
     )
     s.add_argument(
         "--steps",
         type=int,
         default=None,
-        help="DDIM steps (default: the model card's, else 20); for rl: iterations "
+        help="DDIM / DPM-Solver++ steps (default: the model card's, else 20); for rl: iterations "
         "(default: automatic)",
     )
     s.add_argument(
@@ -130,7 +140,7 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     )
     s.add_argument(
         "--regulariser",
-        choices=["l1", "l2", "none"],
+        choices=options(RegulariserChoice),
         default=None,
         help="sampling regulariser; default: the model's, else l1",
     )
@@ -143,7 +153,7 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     )
     s.add_argument(
         "--guidance",
-        choices=["learned", "known", "both", "none"],
+        choices=options(GuidanceChoice),
         default=None,
         help="physics guidance: learned (pi-ddpm), known (needs a PSF), both, none; default: "
         "the model's",
@@ -187,27 +197,21 @@ def _add_tiling_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--overwrite", action="store_true", help="replace existing output files (flag)")
 
 
-def _is_zarr(path: str) -> bool:
-    return path.rstrip("/\\").lower().endswith(".zarr")
-
-
-def run(args) -> int:
+def _check_outputs(args) -> None:
+    """Fail before the (long) computation: output paths that exist, repeat the input or
+    lie in a missing folder, and extra outputs the settings cannot give."""
     import os
-    import sys
-    import warnings
     from pathlib import Path
 
     from piddpm import PiddpmError
-    from piddpm.io import read_image, write_tiff, write_zarr
 
-    inp = Path(args.input)
     outputs = [("output", args.output)]
     if args.uncertainty:
         outputs.append(("--uncertainty", args.uncertainty))
     if args.residual:
         outputs.append(("--residual", args.residual))
-    seen = {os.path.abspath(inp)}
-    for label, path in outputs:  # fail before the (long) computation
+    seen = {os.path.abspath(args.input)}
+    for label, path in outputs:
         if os.path.abspath(path) in seen:
             raise PiddpmError(f"{label} path {path} is the same as another input/output path")
         seen.add(os.path.abspath(path))
@@ -223,34 +227,52 @@ def run(args) -> int:
         )
     if args.method in ("unet", "rl") and args.uncertainty:
         raise PiddpmError(f"--uncertainty needs a diffusion method; {args.method} is deterministic")
-    if args.method == "rl" and args.model:
-        warnings.warn("--method rl uses no model: --model ignored", UserWarning, stacklevel=1)
 
-    img = read_image(inp, axes=args.axes)
-    from piddpm.resample import file_pixel_size
 
-    pixel_um = (
-        args.pixel_um if args.pixel_um is not None else file_pixel_size(img.pixel_size_um[2], inp)
+def _microscope(args) -> dict | None:
+    """The microscope options as ``restore(microscope=...)`` takes them, or None."""
+    from piddpm import PiddpmError
+
+    if all(v is None for v in (args.modality, args.na, args.em_nm, args.ex_nm)):
+        return None
+    if args.psf:
+        raise PiddpmError("give either --psf or the microscope options (--modality, --na, ...)")
+    return {
+        "modality": args.modality or "widefield",
+        "na": args.na,
+        "em_nm": args.em_nm,
+        "ex_nm": args.ex_nm,
+        "ri": args.ri,
+        "pinhole_au": args.pinhole_au,
+        "pixel_um": args.pixel_um,
+    }
+
+
+def _summary(meta: dict, output: str) -> str:
+    return (
+        f"wrote {output} ({meta['method']}"
+        + (f", model {meta['model']}" if meta.get("model") else "")
+        + (f", {meta['sampler']} {meta['steps']} steps" if meta.get("sampler") else "")
+        + (f", {meta['steps']} iterations" if meta["method"] == "rl" else "")
+        + ")"
     )
-    microscope = None
-    micro_given = any(v is not None for v in (args.modality, args.na, args.em_nm, args.ex_nm))
-    if micro_given:
-        if args.psf:
-            raise PiddpmError("give either --psf or the microscope options (--modality, --na, ...)")
-        microscope = {
-            "modality": args.modality or "widefield",
-            "na": args.na,
-            "em_nm": args.em_nm,
-            "ex_nm": args.ex_nm,
-            "ri": args.ri,
-            "pinhole_au": args.pinhole_au,
-            "pixel_um": pixel_um,
-        }
 
+
+def run(args) -> int:
+    import sys
+    import warnings
+
+    from piddpm import PiddpmError
+    from piddpm.io import read_image, write_image
     from piddpm.restore import restore
 
+    _check_outputs(args)
+    if args.method == "rl" and args.model:
+        warnings.warn("--method rl uses no model: --model ignored", UserWarning, stacklevel=1)
+    microscope = _microscope(args)
+    img = read_image(args.input, axes=args.axes)
     result = restore(
-        img.data,
+        img,
         model=args.model or "widefield",
         method=args.method,
         psf=args.psf,
@@ -264,59 +286,36 @@ def run(args) -> int:
         tile=args.tile,
         overlap=args.overlap,
         batch_size=args.batch,
-        axes=img.axes,
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress and sys.stderr.isatty(),
         microscope=microscope,
-        pixel_size_um=pixel_um,
+        pixel_size_um=args.pixel_um,
         residual=bool(args.residual) if args.residual else None,
-        name=str(inp),
+        name=str(args.input),
         resample=not args.no_resample,
     )
     if args.residual and result.residual is None:
         raise PiddpmError(f"--residual {args.residual} needs a PSF (--psf or microscope options)")
-    meta = dict(result.metadata)
-    meta["input"] = str(inp)
+    meta = dict(result.metadata, input=str(args.input))
+    # the main output of a Zarr input is Zarr too unless its name says TIFF
     in_zarr = img.metadata.get("format", "").endswith("zarr")
-
-    def write(path: str, data, what: str) -> None:
-        m = dict(meta, content=what)
-        if _is_zarr(path) or (
-            in_zarr and path == args.output and not path.lower().endswith((".tif", ".tiff"))
-        ):
-            write_zarr(
-                path,
-                data,
-                axes=img.axes,
-                pixel_size_um=img.pixel_size_um,
-                attrs=m,
-                overwrite=args.overwrite,
-            )
-        else:
-            write_tiff(
-                path,
-                data,
-                axes=img.axes,
-                pixel_size_um=img.pixel_size_um,
-                metadata=m,
-                overwrite=args.overwrite,
-            )
-
-    write(args.output, result.mean, "restored image (mean of the samples), input units")
+    written = [(args.output, result.mean, "restored image (mean of the samples), input units")]
     if args.uncertainty:
-        write(args.uncertainty, result.std, "per-pixel std of the posterior samples, input units")
+        std_note = "per-pixel std of the posterior samples, input units"
+        written.append((args.uncertainty, result.std, std_note))
     if args.residual:
-        write(
-            args.residual,
-            result.residual,
-            "data consistency |A y - x| / (p_high - p_low) per plane, dimensionless",
+        res_note = "data consistency |A y - x| / (p_high - p_low) per plane, dimensionless"
+        written.append((args.residual, result.residual, res_note))
+    for path, data, what in written:
+        write_image(
+            path,
+            data,
+            axes=img.axes,
+            pixel_size_um=img.pixel_size_um,
+            metadata=dict(meta, content=what),
+            overwrite=args.overwrite,
+            default_format="zarr" if in_zarr and path == args.output else "tiff",
         )
-    print(
-        f"wrote {args.output} ({meta['method']}"
-        + (f", model {meta['model']}" if meta.get("model") else "")
-        + (f", {meta['sampler']} {meta['steps']} steps" if meta.get("sampler") else "")
-        + (f", {meta['steps']} iterations" if meta["method"] == "rl" else "")
-        + ")"
-    )
+    print(_summary(meta, args.output))
     return 0

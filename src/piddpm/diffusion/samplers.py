@@ -58,6 +58,7 @@ __all__ = [
     "ddpm_sample",
     "dpm_solver_sample",
     "learned_clean_scale",
+    "logsnr_timesteps",
     "make_stepper",
     "run_sampler",
     "sample",
@@ -268,6 +269,24 @@ def ddim_timesteps(T: int, num_steps: int) -> list[int]:  # noqa: N803
     return list(dict.fromkeys(idx))
 
 
+def logsnr_timesteps(schedule: Schedule, num_steps: int) -> list[int]:
+    """Decreasing 0-based step indices whose log-SNR ``lambda = log(sqrt(gamma / (1 -
+    gamma)))`` is about evenly spaced from ``lambda_T`` to ``lambda_1`` (at most
+    ``num_steps``: indices that round to the same step are taken once).
+
+    DPM-Solver++ integrates in ``lambda``; even steps there resolve the low-SNR start, which
+    index-uniform steps cross in one jump (measured with the exact predictor of Gaussian
+    data, 10 steps on cosine T = 2000: max error 0.044 against 0.49 index-uniform).
+    """
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise PiddpmError(f"num_steps must be a positive int, got {num_steps!r}")
+    g = schedule.gammas.double()
+    lam = 0.5 * torch.log(g / (1.0 - g).clamp_min(1e-300))
+    targets = torch.linspace(lam[-1].item(), lam[0].item(), min(num_steps, schedule.T))
+    idx = [int((lam - t).abs().argmin()) for t in targets.tolist()]
+    return sorted(set(idx), reverse=True)
+
+
 class DDPMStep:
     """Ancestral DDPM, Algorithm 2 of the paper: every step of the schedule.
 
@@ -361,7 +380,8 @@ class DPMSolverStep(DDIMStep):
         r_s = (sigma_s / sigma_t) r_t - alpha_s (exp(-h) - 1) D'
 
     and the last jump (to ``gamma = 1``) returns ``D_t`` (first order, as "lower order
-    final"). The PI-DDPM correction acts on ``D_t`` exactly as in DDIM.
+    final"). The steps are evenly spaced in ``lambda`` (:func:`logsnr_timesteps`). The
+    PI-DDPM correction acts on ``D_t`` exactly as in DDIM.
     """
 
     name = "dpm-solver++"
@@ -370,7 +390,9 @@ class DPMSolverStep(DDIMStep):
         super().__init__(num_steps, 0.0, max_jump_weight)
 
     def set_timesteps(self, schedule: Schedule) -> None:
-        super().set_timesteps(schedule)
+        """At most ``num_steps`` indices evenly spaced in log-SNR (:func:`logsnr_timesteps`)."""
+        self.schedule = schedule
+        self.timesteps = logsnr_timesteps(schedule, self.num_steps)
         self._previous: tuple[torch.Tensor, float] | None = None
 
     def step(self, k, r, eps_hat, g_hat, correction: PhysicsCorrection, draw) -> torch.Tensor:  # noqa: ARG002

@@ -76,9 +76,9 @@ def restore(
 
     Parameters
     ----------
-    image : numpy.ndarray, torch.Tensor, dask.array.Array, or path
+    image : numpy.ndarray, torch.Tensor, dask.array.Array, piddpm.io.Image, or path
         Intensities (integer or float, finite), shape matching ``axes``. A path is read with
-        :func:`piddpm.io.read_image` (its axes and pixel size are used).
+        :func:`piddpm.io.read_image`; its axes and pixel size (and an ``Image``'s) are used.
     model : str or path
         Bundled model name (``"widefield"``, ``"confocal"``, ``"ddpm-widefield"``, ...; see
         ``piddpm models``) or a model folder / ``.safetensors`` file. Ignored for ``rl``.

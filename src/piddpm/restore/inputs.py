@@ -181,14 +181,18 @@ class ImageInput:
 
 def read_input(image, axes: str | None, name: str | None) -> ImageInput:
     """Read (a path) or wrap (an array) the image and check its dtype, axes and plane size."""
+    from piddpm.io import Image, read_image
+
     kind = input_kind(image)
     where = name or (str(image) if kind == "path" else "image")
     file_pixel_um = None
-    if kind == "path":
-        from piddpm.io import read_image
-
-        img = read_image(image, axes=axes)
-        data, axes = img.data, img.axes
+    if kind == "path" or isinstance(image, Image):
+        if isinstance(image, Image):
+            where = name or (str(image.path) if image.path is not None else "image")
+            img = image
+        else:
+            img = read_image(image, axes=axes)
+        data, axes = img.data, axes or img.axes
         file_pixel_um = img.pixel_size_um[2] if img.pixel_size_um else None
         kind = "numpy"
     else:
