@@ -99,6 +99,7 @@ class ModelEntry:
 
     @property
     def aliases(self) -> list[str]:
+        """Built-in short names for this model and the ``aliases`` its configuration lists."""
         extra = [str(a) for a in self.config.get("aliases", []) or []]
         return sorted({k for k, v in ALIASES.items() if v == self.name} | set(extra))
 

@@ -108,6 +108,7 @@ def dihedral(batch: dict, op: int) -> dict:
 
 
 def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
+    """A batch's tensors as float32 on ``device`` (images channels_last if asked)."""
     out = {}
     for k, v in batch.items():
         if torch.is_tensor(v):
@@ -121,6 +122,7 @@ def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
 
 
 def stack_samples(ds, n: int) -> dict[str, torch.Tensor]:
+    """The first ``n`` items of a dataset stacked into one batch (gt, observed, psf...)."""
     items = [ds[i] for i in range(n)]
     return {
         k: torch.stack([it[k] for it in items]) for k in ("gt", "observed", "observed_clean", "psf")

@@ -240,6 +240,8 @@ def load_checkpoint(
 
 
 def write_and_prune_checkpoint(out, cfg, net, ema, optimizer, scaler, step) -> None:
+    """Write ``OUT/checkpoints/step_NNNNNNN`` and delete all but the newest
+    ``cfg.keep_checkpoints`` checkpoints."""
     stem = out / "checkpoints" / f"step_{step:07d}"
     save_checkpoint(
         stem, net=net, ema=ema, optimizer=optimizer, scaler=scaler, step=step, config=cfg

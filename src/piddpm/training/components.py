@@ -88,12 +88,14 @@ class EMA:
             p.requires_grad_(False)
 
     def current_decay(self) -> float:
+        """The decay of the next update (``decay``, or less during the EMA warm-up)."""
         if self.warmup:
             return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
         return self.decay
 
     @torch.no_grad()
     def update(self, net: nn.Module) -> None:
+        """Move the average towards ``net``'s parameters; copy its buffers."""
         d = self.current_decay()
         ema_p = [p for p in self.module.parameters()]
         net_p = [p.detach() for p in net.parameters()]

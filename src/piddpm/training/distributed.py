@@ -24,10 +24,12 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
+        """Whether there is more than one process."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0 (the one that writes files)."""
         return self.rank == 0
 
 

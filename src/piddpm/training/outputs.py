@@ -41,6 +41,7 @@ class CsvLog:
                     self.last_time_s = float(rows[-1]["time_s"])
 
     def write(self, row: dict[str, Any]) -> None:
+        """Append a row (floats to 6 significant digits); the first row sets the header."""
         if self.fields is None:
             self.fields = list(row)
         new = not self.path.is_file()

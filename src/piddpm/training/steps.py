@@ -98,6 +98,9 @@ def restore_batch(
 
 @torch.no_grad()
 def validate(net, cfg, val, schedule, dev, step, out, val_log) -> dict[str, float]:
+    """Restore the validation pairs with ``net``, write the preview (and a ``val.csv`` row
+    when ``val_log`` is given); returns ``psnr_db``, ``input_psnr_db``, ``num_samples``,
+    ``step``."""
     t0 = time.perf_counter()
     net.eval()
     observed = val["observed"].to(dev)
