@@ -2,6 +2,8 @@
 
 Usage::
 
+    python benchmarks/bench_sampling.py --restore pi-ddpm-widefield [--n-images 16]
+                                              [--settings ddim:20,ddim:10,dpm-solver++:10]
     python benchmarks/bench_sampling.py --presets        # network presets: params, CPU times
     python benchmarks/bench_sampling.py MODEL [--n-images 4] [--size 256] [--seed 987654]
                                               [--quick] [--autocast]
@@ -13,6 +15,12 @@ the table gives PSNR / MS-SSIM / NRMSE against the ground truth (mean over image
 seconds per image; the observation itself and Richardson-Lucy (when available) are the
 same-run baselines. Settings: DDPM-200 (the paper's linear schedule) and DDIM 10/20/50, each
 unguided, with the learned gradient (PI-DDPM models), with known-PSF guidance, and both.
+
+``--restore MODEL`` compares samplers the way users run them: ``piddpm.restore`` with the
+model's restore defaults, only the sampler and its steps changed, on the held-out pairs of
+the model cards (:func:`piddpm.models.tuning.synthetic_pairs`, seed
+:data:`piddpm.models.tuning.EVAL_SEED`, 128^2), plus the network passes per tile and the
+seconds per megapixel of a 1024^2 plane against the U-Net's in the same process.
 """
 
 from __future__ import annotations
@@ -93,6 +101,87 @@ def bench_presets(autocast: bool) -> None:
         )
 
 
+def _parse_settings(text: str) -> list[tuple[str, int]]:
+    out = []
+    for item in text.split(","):
+        name, _, steps = item.strip().partition(":")
+        out.append((name, int(steps)))
+    return out
+
+
+def bench_restore_settings(model: str, settings, n_images: int, unet: str, mpx_side: int) -> None:
+    """PSNR on the cards' held-out pairs and cost per megapixel for each sampler setting."""
+    import numpy as np
+
+    from piddpm.diffusion.samplers import make_stepper
+    from piddpm.diffusion.settings import resolve_sampler_config
+    from piddpm.models import resolve_model
+    from piddpm.models.tuning import EVAL_SEED, restore_pairs, score, synthetic_pairs
+    from piddpm.restore import restore
+    from piddpm.restore.settings import schedule_for
+
+    entry = resolve_model(model)
+    folder = entry.config_path.parent
+    pairs = synthetic_pairs(folder, n=n_images, seed=EVAL_SEED, size=128)
+    defaults = dict(entry.restore_defaults)
+    schedule = schedule_for(entry)
+    rng = np.random.default_rng(0)
+    big = rng.poisson(50.0, size=(mpx_side, mpx_side)).astype(np.float32)
+    mpx = mpx_side * mpx_side / 1e6
+
+    def per_mpx(**kw) -> float:
+        t0 = time.perf_counter()
+        restore(big, progress=False, device="cpu", **kw)
+        return (time.perf_counter() - t0) / mpx
+
+    t_unet = per_mpx(model=unet)
+    rl = restore_pairs(folder, pairs, defaults, method="rl")
+    psnr_rl = float(np.mean([score(e, p["gt"])["psnr_db"] for e, p in zip(rl, pairs, strict=True)]))
+    rows = []
+    for name, steps in settings:
+        trial = dict(defaults, sampler=name, steps=steps)
+        cfg = resolve_sampler_config({"sampler": name, "steps": steps}, defaults)
+        passes = len(_timesteps(make_stepper(cfg, schedule.T), schedule))
+        t0 = time.perf_counter()
+        ests = restore_pairs(folder, pairs, trial)
+        sec = (time.perf_counter() - t0) / len(pairs)
+        vals = [score(e, p["gt"])["psnr_db"] for e, p in zip(ests, pairs, strict=True)]
+        t_mpx = per_mpx(model=model, sampler=name, steps=steps)
+        rows.append(
+            (
+                f"{name} {steps}",
+                passes,
+                float(np.mean(vals)),
+                float(np.std(vals)),
+                sec,
+                t_mpx,
+                t_mpx / t_unet,
+            )
+        )
+        print(f"  done {name} {steps}", flush=True)
+    print(
+        f"\nmodel {entry.name}: {len(pairs)} held-out pairs 128^2 (seed {EVAL_SEED}), restore "
+        f"defaults except sampler/steps; cost on a {mpx_side}^2 plane, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"Richardson-Lucy (true PSF, automatic stop): {psnr_rl:.2f} dB; "
+        f"U-Net {unet}: {t_unet:.2f} s/Mpx"
+    )
+    print(
+        "| sampler, steps | network passes per tile | PSNR dB | +- | s / image (128^2) | "
+        "s / Mpx | x U-Net |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, passes, p, sd, sec, t_mpx, ratio in rows:
+        print(f"| {name} | {passes} | {p:.2f} | {sd:.2f} | {sec:.2f} | {t_mpx:.1f} | {ratio:.1f} |")
+
+
+def _timesteps(stepper, schedule) -> list[int]:
+    stepper.set_timesteps(schedule)
+    return stepper.timesteps
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -106,7 +195,20 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--quick", action="store_true", help="DDIM-10/20 only, no DDPM-200")
     ap.add_argument("--autocast", action="store_true", help="bf16 autocast for the network")
+    ap.add_argument("--restore", metavar="MODEL", help="compare samplers through piddpm.restore")
+    ap.add_argument(
+        "--settings",
+        default="ddim:20,ddim:15,ddim:10,dpm-solver++:20,dpm-solver++:15,dpm-solver++:10",
+        help="--restore: sampler:steps list",
+    )
+    ap.add_argument("--unet", default="unet-widefield", help="--restore: the U-Net baseline")
+    ap.add_argument("--mpx-side", type=int, default=1024, help="--restore: plane side for s/Mpx")
     args = ap.parse_args(argv)
+    if args.restore:
+        bench_restore_settings(
+            args.restore, _parse_settings(args.settings), args.n_images, args.unet, args.mpx_side
+        )
+        return 0
     if args.presets:
         bench_presets(args.autocast)
         return 0

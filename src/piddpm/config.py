@@ -26,11 +26,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from piddpm import PiddpmError
+from piddpm.choices import Guidance, Method, RegulariserChoice, TrainingModality
 
 #: Training methods. ``pi-ddpm``: residual diffusion with the learned physics gradient (2
 #: output channels); ``ddpm``: the same diffusion without the physics term (1 output
 #: channel); ``unet``: a supervised U-Net (observation -> ground truth), no diffusion.
-Method = Literal["pi-ddpm", "ddpm", "unet"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
 #: Format version of the saved configuration (bumped on incompatible changes).
@@ -75,7 +75,7 @@ class DataConfig(_Strict):
         "`piddpm.data.SPECIMENS`; weights are relative); `mixture` = the library's "
         "default mixture.",
     )
-    modality: Literal["widefield", "confocal", "mixed"] = Field(
+    modality: TrainingModality = Field(
         "widefield",
         description="Microscope modality of the simulated pairs: widefield, confocal, or "
         "mixed (both, drawn per sample).",
@@ -248,12 +248,12 @@ class ValidationConfig(_Strict):
         "starts at gamma_T ~ 6e-10, where small noise-prediction errors are amplified.",
     )
     num_steps: int = Field(20, ge=1, description="Sampler steps for validation (DDIM).")
-    guidance: Literal["auto", "none", "learned", "known", "both"] = Field(
+    guidance: Guidance = Field(
         "auto",
         description="Physics guidance during validation sampling: auto = learned for "
         "pi-ddpm, none for ddpm; known / both use the validation samples' true PSFs.",
     )
-    regulariser: Literal["l1", "l2", "none"] = Field(
+    regulariser: RegulariserChoice = Field(
         "l1", description="Sampling regulariser of the validation sampler (paper: l1)."
     )
     lam: float = Field(0.015, ge=0, description="Weight of the sampling regulariser.")
@@ -263,6 +263,24 @@ class ValidationConfig(_Strict):
     seed: int = Field(
         12345, description="Seed of the validation set (independent of the training seed)."
     )
+
+    def sampler_config(self, method: str):
+        """These settings as a :class:`piddpm.diffusion.SamplerConfig` (one sample, DDIM
+        deterministic, guidance resolved for ``method``)."""
+        from piddpm.diffusion.settings import resolve_sampler_config
+
+        cfg = resolve_sampler_config(
+            {
+                "sampler": self.sampler,
+                "steps": self.num_steps,
+                "guidance": self.guidance,
+                "regulariser": self.regulariser,
+                "lam": self.lam,
+                "eta": self.eta,
+            },
+            where="validation",
+        )
+        return cfg.model_copy(update={"guidance": cfg.resolved_guidance(method)})
 
 
 class TrainConfig(_Strict):

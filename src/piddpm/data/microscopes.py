@@ -28,12 +28,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from piddpm import PiddpmError
+from piddpm.choices import Modality
 
 __all__ = [
     "Modality",
@@ -44,7 +44,6 @@ __all__ = [
     "sample_noise",
 ]
 
-Modality = Literal["widefield", "confocal"]
 
 Range = tuple[float, float]
 

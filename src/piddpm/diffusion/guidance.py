@@ -19,9 +19,8 @@ from typing import Literal
 import torch
 
 from piddpm import PiddpmError
+from piddpm.choices import Guidance, Regulariser
 
-Regulariser = Literal["l1", "l2"]
-Guidance = Literal["auto", "learned", "known", "both", "none"]
 Likelihood = Literal["gaussian", "poisson"]
 
 #: The paper's ``||g_hat||_2`` is taken over a 128 x 128 image; ``paper_norm`` reproduces it.

@@ -19,17 +19,16 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from piddpm import PiddpmError
+from piddpm.choices import DiffusionMethod, options
 from piddpm.diffusion.guidance import physics_target, rms
 from piddpm.diffusion.schedules import Schedule
 
-Method = Literal["pi-ddpm", "ddpm"]
 Target = Literal["residual", "direct"]
 PhysicsNorm = Literal["rms", "none"]
 PhysicsReference = Literal["unscaled", "matched"]
 SupervisedKind = Literal["mse", "l1"]
 
 __all__ = [
-    "Method",
     "PhysicsNorm",
     "SupervisedKind",
     "Target",
@@ -96,7 +95,7 @@ def diffusion_loss(
     psf: torch.Tensor | None,
     schedule: Schedule,
     *,
-    method: Method = "pi-ddpm",
+    method: DiffusionMethod = "pi-ddpm",
     physics_weight: float = 0.01,
     target: Target = "residual",
     physics_norm: PhysicsNorm = "rms",
@@ -140,7 +139,7 @@ def diffusion_loss(
     logs : dict of float
         ``loss``, ``loss_eps``, ``loss_phys`` (0 for DDPM), ``gamma_mean``.
     """
-    if method not in ("pi-ddpm", "ddpm"):
+    if method not in options(DiffusionMethod):
         raise PiddpmError(f"method must be 'pi-ddpm' or 'ddpm', got {method!r}")
     if target not in ("residual", "direct"):
         raise PiddpmError(f"target must be 'residual' or 'direct', got {target!r}")

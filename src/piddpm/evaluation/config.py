@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from piddpm import PiddpmError
+from piddpm.choices import Method, Modality, Regulariser, RegulariserChoice, Sampler
 
 __all__ = [
     "AblationConfig",
@@ -30,7 +31,7 @@ __all__ = [
 Suite = Literal["synthetic", "real", "all"]
 #: Methods the benchmark knows. ``input`` is the unrestored observation (a floor every method
 #: should beat); ``pi-ddpm-known`` is PI-DDPM sampled with the known-PSF physics gradient.
-MethodName = Literal["input", "rl", "unet", "ddpm", "pi-ddpm", "pi-ddpm-known"]
+MethodName = Literal["input", "rl", Method, "pi-ddpm-known"]
 METHOD_ORDER: tuple[str, ...] = ("input", "rl", "unet", "ddpm", "pi-ddpm", "pi-ddpm-known")
 
 
@@ -42,15 +43,16 @@ class SamplerSetting(_Strict):
     """One sampler setting of the diffusion methods (a row per setting in the tables)."""
 
     name: str = Field("ddim20", description="Short label used in tables and results.csv.")
-    sampler: Literal["ddim", "ddpm"] = Field(
-        "ddim", description="ddim (num steps jumps) or ddpm (ancestral, all T steps)."
+    sampler: Sampler = Field(
+        "ddim",
+        description="ddim / dpm-solver++ (steps jumps) or ddpm (ancestral, all T steps).",
     )
-    steps: int | None = Field(20, ge=1, description="DDIM steps (ignored by ddpm).")
+    steps: int | None = Field(20, ge=1, description="DDIM / DPM-Solver++ steps (ignored by ddpm).")
     samples: int = Field(
         1, ge=1, description="Posterior samples per image; > 1 gives the per-pixel std."
     )
     eta: float | None = Field(None, description="Physics-guidance weight; null: model default.")
-    regulariser: Literal["l1", "l2", "none"] | None = Field(
+    regulariser: RegulariserChoice | None = Field(
         None, description="Sampling regulariser; null: model default."
     )
     lam: float | None = Field(None, ge=0, description="Regulariser weight; null: model default.")
@@ -66,7 +68,7 @@ class SyntheticSuiteConfig(_Strict):
         ["filaments", "puncta", "er", "nuclei", "natural"],
         description="Specimen types (piddpm.data.SPECIMENS); one group per type and modality.",
     )
-    modalities: list[Literal["widefield", "confocal"]] = Field(
+    modalities: list[Modality] = Field(
         ["widefield", "confocal"], description="Microscope modalities."
     )
     images_per_group: int = Field(4, ge=1, description="Test images per specimen x modality.")
@@ -157,7 +159,7 @@ class AblationConfig(_Strict):
     etas: list[float] = Field(
         [0.0, 1.0, 5.0, 10.0, 25.0, 50.0], description="Guidance weights eta swept."
     )
-    regularisers: list[Literal["l1", "l2"]] = Field(["l1", "l2"], description="Regularisers.")
+    regularisers: list[Regulariser] = Field(["l1", "l2"], description="Regularisers.")
     lams: list[float] = Field([0.0, 0.005, 0.015, 0.05], description="Regulariser weights.")
     ddim_steps: list[int] = Field([5, 10, 20, 50], description="DDIM step counts.")
     include_ddpm: bool = Field(

@@ -156,10 +156,7 @@ def restore(
         DEFAULT_OVERLAP if overlap is None else overlap,
         inp.plane_shape,
     )
-    check_choice("method", method, options(RestoreMethod))
-    check_choice("sampler", sampler, options(Sampler))
-    check_choice("guidance", guidance, options(GuidanceChoice))
-    check_choice("regulariser", regulariser, options(RegulariserChoice))
+    _check_choices(method=method, sampler=sampler, guidance=guidance, regulariser=regulariser)
     check_int(steps, "steps", 1)
     dev = resolve_device(device)
     pixel_um, microscope = _pixel_size(inp, pixel_size_um, microscope)
@@ -179,7 +176,34 @@ def restore(
     runner, perc, (tile, overlap) = _make_runner(
         entry, given, seed, tiling, (tile, overlap), percentiles, psf_np, plan, inp, common
     )
-    meta: dict[str, Any] = {
+    meta = _base_metadata(method, entry, seed, (tile, overlap, batch_size), inp, dev, psf_desc)
+    if entry is not None:
+        meta.update(model_file=str(entry.weights), tile_margin=runner.tile_margin)
+    meta.update(runner.metadata)
+    mean, std, res, ranges = restore_planes(
+        inp, runner, percentiles=perc, tile=tile, batch_size=batch_size, progress=progress
+    )
+    meta.update(_describe(method, perc, ranges, pixel_um, plan, entry, use_residual, runner))
+    mean, std = (as_input_kind(a, image, inp.kind) for a in (mean, std))
+    return RestoreResult(mean=mean, std=std, residual=res, metadata=meta)
+
+
+def _check_choices(**values) -> None:
+    """Refuse a method, sampler, guidance or regulariser that is not among the choices."""
+    allowed = {
+        "method": RestoreMethod,
+        "sampler": Sampler,
+        "guidance": GuidanceChoice,
+        "regulariser": RegulariserChoice,
+    }
+    for label, value in values.items():
+        check_choice(label, value, options(allowed[label]))
+
+
+def _base_metadata(method, entry, seed, tiling, inp, dev, psf_desc) -> dict[str, Any]:
+    """What every result's metadata starts with."""
+    tile, overlap, batch_size = tiling
+    return {
         "software": "piddpm",
         "piddpm_version": __version__,
         "method": method,
@@ -192,19 +216,6 @@ def restore(
         "device": str(dev),
         "psf": psf_desc,
     }
-    if entry is not None:
-        meta.update(model_file=str(entry.weights), tile_margin=runner.tile_margin)
-    meta.update(runner.metadata)
-    mean, std, res, ranges = restore_planes(
-        inp, runner, percentiles=perc, tile=tile, batch_size=batch_size, progress=progress
-    )
-    meta.update(_describe(method, perc, ranges, pixel_um, plan, entry, use_residual, runner))
-    return RestoreResult(
-        mean=as_input_kind(mean, image, inp.kind),
-        std=as_input_kind(std, image, inp.kind),
-        residual=res,
-        metadata=meta,
-    )
 
 
 def _pixel_size(inp, pixel_size_um, microscope):
