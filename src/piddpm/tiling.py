@@ -192,6 +192,29 @@ def _to_numpy(out) -> np.ndarray:
     return np.asarray(out)
 
 
+def _run_batch(fn, image, chunk, squeeze: bool, with_origins: bool) -> np.ndarray:
+    """Read the tiles at ``chunk`` (a list of (rows, cols) slices), call ``fn`` on them as one
+    batch and check the shape of what it returns: ``(len(chunk), K, h, w)``."""
+    tiles = []
+    for rows, cols in chunk:
+        t = np.asarray(image[..., rows, cols], dtype=np.float32)
+        tiles.append(t[None] if squeeze else t)
+    batch = np.stack(tiles)
+    del tiles
+    if with_origins:
+        out = _to_numpy(fn(batch, [(rows.start, cols.start) for rows, cols in chunk]))
+    else:
+        out = _to_numpy(fn(batch))
+    del batch
+    th, tw = chunk[0][0].stop - chunk[0][0].start, chunk[0][1].stop - chunk[0][1].start
+    if out.ndim != 4 or out.shape[0] != len(chunk) or out.shape[-2:] != (th, tw):
+        raise PiddpmError(
+            f"tile function returned shape {tuple(out.shape)}; expected "
+            f"({len(chunk)}, K, {th}, {tw})"
+        )
+    return out
+
+
 def restore_tiled(
     fn: Callable[[np.ndarray], np.ndarray],
     image,
@@ -275,32 +298,7 @@ def restore_tiled(
     try:
         for b0 in range(0, len(positions), int(batch_size)):
             chunk = positions[b0 : b0 + int(batch_size)]
-            tiles = []
-            for rows, cols in chunk:
-                t = np.asarray(image[..., rows, cols], dtype=np.float32)
-                tiles.append(t[None] if squeeze else t)
-            batch = np.stack(tiles)
-            del tiles
-            if with_origins:
-                origins = [(rows.start, cols.start) for rows, cols in chunk]
-                out = _to_numpy(fn(batch, origins))
-            else:
-                out = _to_numpy(fn(batch))
-            del batch
-            if (
-                out.ndim != 4
-                or out.shape[0] != len(chunk)
-                or out.shape[-2:]
-                != (
-                    chunk[0][0].stop - chunk[0][0].start,
-                    chunk[0][1].stop - chunk[0][1].start,
-                )
-            ):
-                raise PiddpmError(
-                    f"tile function returned shape {tuple(out.shape)}; expected "
-                    f"({len(chunk)}, K, {chunk[0][0].stop - chunk[0][0].start}, "
-                    f"{chunk[0][1].stop - chunk[0][1].start})"
-                )
+            out = _run_batch(fn, image, chunk, squeeze, with_origins)
             if acc is None:
                 acc = np.zeros((out.shape[1], height, width), dtype=np.float32)
             elif out.shape[1] != acc.shape[0]:
