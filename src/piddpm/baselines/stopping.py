@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-__all__ = ["RL_MAX_ITER", "RL_TAU", "noise_sigma", "rl_iterations"]
+__all__ = ["RL_MAX_ITER", "RL_TAU", "noise_sigma", "rl_iterations", "rl_iterations_3d"]
 
 #: Richardson-Lucy automatic rule: stop when the rms residual reaches RL_TAU x noise ...
 RL_TAU = 1.1
@@ -22,11 +22,17 @@ def noise_sigma(plane: np.ndarray) -> float:
     mask ``M = [[1, -2, 1], [-2, 4, -2], [1, -2, 1]]``, which cancels smooth structure. For
     Poisson (signal-dependent) noise it estimates the root of the mean variance closely.
 
+    A 3-D stack ``(Z, H, W)`` gives the root mean square of its planes' estimates (the noise
+    of each plane is independent; the mask works within a plane, where the sampling is
+    finest).
+
     Reference: J. Immerkaer, "Fast noise variance estimation", CVIU 64, 300 (1996).
     """
     from scipy import ndimage
 
     x = np.asarray(plane, dtype=np.float64)
+    if x.ndim == 3:
+        return float(math.sqrt(np.mean([noise_sigma(p) ** 2 for p in x])))
     h, w = x.shape
     if h < 3 or w < 3:
         return 0.0
@@ -47,7 +53,12 @@ def rl_iterations(plane01: np.ndarray, psf: np.ndarray, tile: int) -> int:
     :data:`RL_MAX_ITER` = 200 iterations. Noisy data stop early (RL would fit the noise), clean data run longer.
     The count found is used for every tile of the plane, so all tiles get the same operator
     (no seams). The rule is invariant to the intensity scale (no camera gain needed).
+
+    A 3-D stack ``(Z, H, W)`` with a 3-D PSF ``(kz, kh, kw)`` gets the same rule in 3-D
+    (:func:`rl_iterations_3d`, used by ``rl-3d``); 2-D input is unchanged by it.
     """
+    if np.ndim(psf) == 3:
+        return rl_iterations_3d(plane01, psf, tile)
     import torch
 
     from piddpm.acquisition import blur
@@ -79,3 +90,50 @@ def rl_iterations(plane01: np.ndarray, psf: np.ndarray, tile: int) -> int:
             if rms <= RL_TAU * sigma:
                 return k
     return RL_MAX_ITER
+
+
+def rl_iterations_3d(stack01: np.ndarray, psf: np.ndarray, tile: int) -> int:
+    """Iteration count for 3-D Richardson-Lucy on a stack: the rule of :func:`rl_iterations`.
+
+    Morozov's discrepancy principle on the central ``min(tile, H) x min(tile, W)`` XY crop
+    of the whole stack: 3-D RL (:mod:`piddpm.baselines.rl3d`, extended-object boundary, so
+    no reflect padding is needed) stops at the first iteration ``k >= 1`` where the rms
+    residual ``||A u_k - x|| / sqrt(N)`` over the crop's voxels falls to
+    :data:`RL_TAU` ``x sigma``, ``sigma`` the rms over planes of the Immerkaer noise level
+    (:func:`noise_sigma`), at most :data:`RL_MAX_ITER` iterations.
+
+    Parameters
+    ----------
+    stack01 : numpy.ndarray ``(Z, H, W)``
+        The stack, any intensity scale, ``>= 0``.
+    psf : numpy.ndarray ``(kz, kh, kw)``
+        3-D PSF, odd sides, unit sum (see :func:`piddpm.baselines.rl3d.check_psf_3d`).
+    tile : int
+        Crop side in pixels.
+
+    Returns
+    -------
+    int
+        The iteration count (30 when the PSF does not fit in the crop).
+    """
+    import torch
+
+    from piddpm.baselines.rl3d import _rl_block
+
+    z, h, w = stack01.shape
+    th, tw = min(tile, h), min(tile, w)
+    y0, x0 = (h - th) // 2, (w - tw) // 2
+    crop = np.ascontiguousarray(stack01[:, y0 : y0 + th, x0 : x0 + tw], dtype=np.float32)
+    kz, kh, kw = psf.shape
+    if kz > z or kh > th or kw > tw:
+        return 30
+    target = RL_TAU * noise_sigma(crop)
+    x = torch.from_numpy(np.clip(crop, 0, None))
+
+    def monitor(k: int, model: torch.Tensor) -> bool:
+        return k >= 1 and float(((model - x) ** 2).mean().sqrt()) <= target
+
+    with torch.no_grad():
+        _, done = _rl_block(x, torch.from_numpy(psf.astype(np.float32)), RL_MAX_ITER, 0.0,
+                            1e-12, monitor)  # fmt: skip
+    return int(done)
