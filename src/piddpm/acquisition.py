@@ -532,8 +532,13 @@ def acquire(
     binning: int = 1,
     bin_mode: Literal["sum", "mean"] = "sum",
     generator: torch.Generator | int | None = None,
+    photons_per: Literal["sample", "batch"] = "sample",
+    nonnegative: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Image a ground truth through the microscope and camera model.
+
+    The one acquisition chain of piddpm: the training data, the benchmark's synthetic
+    suite, ``piddpm acquire`` and the demo all image their ground truths with it.
 
     Parameters
     ----------
@@ -549,6 +554,12 @@ def acquire(
     binning : int
         Camera pixel = ``binning x binning`` ground-truth pixels (summed, or averaged with
         ``bin_mode="mean"``); the output is ``binning`` times smaller.
+    photons_per : {"sample", "batch"}
+        ``photons`` is the expected count at the brightest pixel of each sample, or of the
+        whole batch (the planes of a stack then keep their relative brightness; an all-zero
+        plane gets ``photons`` as its scale).
+    nonnegative : bool
+        Clip the blurred image at 0 first (removes FFT round-off below zero).
 
     Returns
     -------
@@ -561,8 +572,17 @@ def acquire(
         ``scale``: photons per unit of ``blurred``, shape ``(B,)``.
     """
     blurred = bin_pixels(blur(gt, psf, boundary=boundary), binning, bin_mode)
+    if nonnegative:
+        blurred = blurred.clamp_min(0.0)
     x, was2d = _as_images(blurred, "blurred")
     b = x.shape[0]
+    if photons_per == "batch":
+        peaks = x.amax(dim=(1, 2, 3))
+        top = float(peaks.max())
+        rel = photons * peaks / top if top > 0 else torch.zeros_like(peaks)
+        photons = torch.where(rel > 0, rel, torch.full_like(rel, float(photons)))
+    elif photons_per != "sample":
+        raise PiddpmError(f"photons_per must be 'sample' or 'batch', got {photons_per!r}")
     observed = add_noise(
         x,
         photons=photons,

@@ -133,7 +133,7 @@ def run(args) -> int:
     import torch
 
     from piddpm import PiddpmError
-    from piddpm.acquisition import add_noise, bin_pixels, blur
+    from piddpm.acquisition import acquire
     from piddpm.io import read_image, write_tiff
 
     def warn(msg: str) -> None:
@@ -173,26 +173,25 @@ def run(args) -> int:
     lead = gt.shape[:-2]
     planes = torch.from_numpy(gt.reshape((-1, 1) + gt.shape[-2:]))
     kernel = torch.from_numpy(psf.astype(np.float32))
-    blurred = bin_pixels(blur(planes, kernel, boundary=args.boundary), args.binning)
     # --photons refers to the brightest pixel of the whole stack: planes keep their
-    # relative brightness (add_noise scales each plane to its own maximum)
-    peaks = blurred.amax(dim=(1, 2, 3))
-    top = float(peaks.max())
-    if top <= 0:
-        raise PiddpmError(f"{gt_img.path}: the ground truth is all zero; nothing to image")
-    photons = args.photons * peaks / top
-    photons = torch.where(photons > 0, photons, torch.full_like(photons, args.photons))
-    gen = torch.Generator().manual_seed(args.seed)
-    observed = add_noise(
-        blurred,
-        photons=photons,
+    # relative brightness
+    shot = acquire(
+        planes,
+        kernel,
+        photons=args.photons,
         background=args.background,
         read_noise=args.read_noise,
         gain=args.gain,
         offset=args.offset,
         bit_depth=args.bit_depth,
-        generator=gen,
+        boundary=args.boundary,
+        binning=args.binning,
+        generator=torch.Generator().manual_seed(args.seed),
+        photons_per="batch",
     )
+    if float(shot["blurred"].max()) <= 0:
+        raise PiddpmError(f"{gt_img.path}: the ground truth is all zero; nothing to image")
+    observed = shot["observed"]
     observed = observed.numpy()
     observed = observed.reshape(lead + observed.shape[-2:])
     ps = list(gt_img.pixel_size_um)

@@ -187,7 +187,7 @@ class PairedDataset(Dataset):
         return np.random.default_rng(ss), tgen
 
     def __getitem__(self, index: int) -> dict:
-        from piddpm.acquisition import add_noise, blur
+        from piddpm.acquisition import acquire
 
         index = int(index)
         if not -self.length <= index < self.length:
@@ -206,15 +206,18 @@ class PairedDataset(Dataset):
         )
         gt64 = torch.from_numpy(gt).to(torch.float64)[None, None]
         psf64 = kernel.to(torch.float64)[None, None]
-        blurred = blur(gt64, psf64, boundary="periodic").clamp_min(0.0)
-        scale = micro.photons / float(blurred.max())
-        observed = add_noise(
-            blurred,
+        shot = acquire(
+            gt64,
+            psf64,
             photons=micro.photons,
             background=micro.background,
             read_noise=micro.read_noise,
+            boundary="periodic",
+            nonnegative=True,
             generator=tgen,
         )
+        blurred, observed = shot["blurred"], shot["observed"]
+        scale = micro.photons / float(blurred.max())
         a, b = normalisation_map(observed, self.normalisation)
         y0 = x0 = 0
         if self.field_factor > 1:  # the patch: a random window of the normalised field

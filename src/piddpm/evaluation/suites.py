@@ -180,21 +180,24 @@ def _acquire(gt: np.ndarray, kernel: np.ndarray, micro, seed_seq) -> tuple[np.nd
     """Periodic blur + camera noise (photo-electrons); returns (observed, scale)."""
     import torch
 
-    from piddpm.acquisition import add_noise, blur
+    from piddpm.acquisition import acquire
 
     gen = torch.Generator()
     gen.manual_seed(int(seed_seq.generate_state(1, dtype=np.uint64)[0]) & 0x7FFF_FFFF_FFFF_FFFF)
     gt64 = torch.from_numpy(gt.astype(np.float64))[None, None]
     k64 = torch.from_numpy(kernel.astype(np.float64))[None, None]
-    blurred = blur(gt64, k64, boundary="periodic").clamp_min(0.0)
-    scale = micro.photons / float(blurred.max())
-    observed = add_noise(
-        blurred,
+    shot = acquire(
+        gt64,
+        k64,
         photons=micro.photons,
         background=micro.background,
         read_noise=micro.read_noise,
+        boundary="periodic",
+        nonnegative=True,
         generator=gen,
     )
+    observed = shot["observed"]
+    scale = micro.photons / float(shot["blurred"].max())
     return observed[0, 0].numpy().astype(np.float32), float(scale)
 
 
