@@ -28,8 +28,9 @@ __all__ = [
 DiffusionMethod = Literal["pi-ddpm", "ddpm"]
 #: Trained methods: the two diffusion models and the supervised U-Net.
 Method = Literal[DiffusionMethod, "unet"]
-#: What ``restore`` can run: a trained method, or Richardson-Lucy (no model).
-RestoreMethod = Literal[Method, "rl"]
+#: What ``restore`` can run: a trained method, or Richardson-Lucy (no model): ``rl`` plane by
+#: plane with a 2-D PSF, ``rl-3d`` on z-stacks with a 3-D PSF.
+RestoreMethod = Literal[Method, "rl", "rl-3d"]
 
 #: Microscope modality of an image or a PSF.
 Modality = Literal["widefield", "confocal"]

@@ -27,7 +27,9 @@ the input's axes, shape and pixel size, and metadata stating how it was made.
 Default: the bundled widefield PI-DDPM (--model widefield) with its fast DDIM sampler.
 --method rl needs a PSF (--psf FILE, or the microscope options --modality --na --em-nm
 [--ex-nm --pinhole-au] --ri --pixel-um) and picks its iteration count automatically
-(discrepancy principle) unless --steps is given.
+(discrepancy principle) unless --steps is given. --method rl-3d deconvolves each z-stack
+(--axes with a Z) in 3-D: --psf PSF3D.tif, or the microscope options and --z-step-um
+(default: the file's z step).
 """
 
 
@@ -92,6 +94,12 @@ def _add_psf_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="pixel size in the sample, micrometres (default: from the file's metadata)",
+    )
+    psf.add_argument(
+        "--z-step-um",
+        type=float,
+        default=None,
+        help="rl-3d: distance between z planes, micrometres (default: from the file's metadata)",
     )
 
 
@@ -225,7 +233,7 @@ def _check_outputs(args) -> None:
             f"--uncertainty {args.uncertainty} needs --samples 2 or more (got {args.samples}): "
             "the std of one sample is undefined"
         )
-    if args.method in ("unet", "rl") and args.uncertainty:
+    if args.method in ("unet", "rl", "rl-3d") and args.uncertainty:
         raise PiddpmError(f"--uncertainty needs a diffusion method; {args.method} is deterministic")
 
 
@@ -253,7 +261,7 @@ def _summary(meta: dict, output: str) -> str:
         f"wrote {output} ({meta['method']}"
         + (f", model {meta['model']}" if meta.get("model") else "")
         + (f", {meta['sampler']} {meta['steps']} steps" if meta.get("sampler") else "")
-        + (f", {meta['steps']} iterations" if meta["method"] == "rl" else "")
+        + (f", {meta['steps']} iterations" if meta["method"] in ("rl", "rl-3d") else "")
         + ")"
     )
 
@@ -267,8 +275,8 @@ def run(args) -> int:
     from piddpm.restore import restore
 
     _check_outputs(args)
-    if args.method == "rl" and args.model:
-        warnings.warn("--method rl uses no model: --model ignored", UserWarning, stacklevel=1)
+    if args.method in ("rl", "rl-3d") and args.model:
+        warnings.warn(f"--method {args.method} uses no model: --model ignored", stacklevel=1)
     microscope = _microscope(args)
     img = read_image(args.input, axes=args.axes)
     result = restore(
@@ -294,6 +302,7 @@ def run(args) -> int:
         residual=bool(args.residual) if args.residual else None,
         name=str(args.input),
         resample=not args.no_resample,
+        z_step_um=args.z_step_um,
     )
     if args.residual and result.residual is None:
         raise PiddpmError(f"--residual {args.residual} needs a PSF (--psf or microscope options)")

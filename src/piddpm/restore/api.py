@@ -71,6 +71,7 @@ def restore(
     eta_ddim: float | None = None,
     name: str | None = None,
     resample: bool = True,
+    z_step_um: float | None = None,
 ) -> RestoreResult:
     """Restore a fluorescence image (2-D, stack, channels, time series) of any size.
 
@@ -82,17 +83,19 @@ def restore(
     model : str or path
         Bundled model name (``"widefield"``, ``"confocal"``, ``"ddpm-widefield"``, ...; see
         ``piddpm models``) or a model folder / ``.safetensors`` file. Ignored for ``rl``.
-    method : {"pi-ddpm", "ddpm", "unet", "rl"}, optional
-        Default: the model's method. A method other than the model's is refused.
+    method : {"pi-ddpm", "ddpm", "unet", "rl", "rl-3d"}, optional
+        Default: the model's method (another one is refused). ``rl-3d``: 3-D Richardson-Lucy
+        of each z-stack with a 3-D PSF (file, or computed from ``microscope`` and
+        ``z_step_um``); see :func:`piddpm.restore.volume.restore_volume`.
     psf : array ``(kh, kw)`` / ``(Z, kh, kw)`` or path, optional
-        The PSF (any scale; renormalised to unit sum; 3-D: its brightest plane). Needed by
-        ``rl`` and by ``guidance="known"/"both"``; enables the ``residual`` map.
+        The PSF (any scale; renormalised to unit sum; 3-D: its brightest plane, except for
+        ``rl-3d``). Needed by ``rl``/``rl-3d`` and by ``guidance="known"/"both"``.
     sampler : {"ddim", "ddpm", "dpm-solver++"}, optional
         Diffusion sampler; default the model's (DDIM). ``dpm-solver++`` is DPM-Solver++(2M),
         deterministic given the starting noise.
     steps : int, optional
-        DDIM / DPM-Solver++ steps (default: the model's, else 20); for ``rl`` the iteration count (default:
-        the automatic rule of :func:`rl_iterations`). The DDPM sampler always runs all ``T``.
+        DDIM / DPM-Solver++ steps (default: the model's, else 20; DDPM runs all ``T``); for
+        ``rl``/``rl-3d`` iterations (default: the rule of :func:`rl_iterations`).
     samples : int
         Posterior samples per tile (diffusion methods); ``> 1`` gives ``std``.
     eta, regulariser, lam, guidance, eta_ddim : optional
@@ -106,8 +109,7 @@ def restore(
     batch_size : int
         Tiles per batch (4).
     axes : str, optional
-        Axes letters (e.g. ``"ZYX"``, ``"TCYX"``); default from the file, else ``YX``,
-        ``ZYX``, ``CZYX``, ``TCZYX`` by number of dimensions.
+        Axes letters (``"ZYX"``, ``"TCYX"``); default the file's, else by dimensions.
     seed : int
         Seed of the sampling noise (same seed, settings and batch size: same result).
     device : str
@@ -115,14 +117,12 @@ def restore(
     progress : bool
         Show a tqdm bar over tiles.
     microscope : dict, optional
-        Compute the PSF from settings when ``psf`` is not given (with ``psf``, the settings
-        only tell the sampling, for ``resample``): keys ``modality``, ``na``,
-        ``em_nm``, ``ex_nm``, ``pinhole_au``, ``ri``, ``pixel_um`` (see :func:`make_psf`;
-        ``pixel_um`` defaults to ``pixel_size_um`` or the file's pixel size).
+        Compute the PSF when ``psf`` is not given (else only the sampling, for ``resample``):
+        keys ``modality``, ``na``, ``em_nm``, ``ex_nm``, ``pinhole_au``, ``ri``, ``pixel_um``
+        (:func:`make_psf`; ``pixel_um`` defaults to ``pixel_size_um`` or the file's).
     pixel_size_um : float, optional
-        Lateral pixel size in micrometres (recorded; used for a computed PSF and for the
-        resampling). Must be one a microscope gives (``piddpm.resample.PLAUSIBLE_PIXEL_UM``);
-        an implausible pixel size in a file is ignored with a warning.
+        Lateral pixel size, micrometres (a computed PSF, the resampling). An implausible one
+        (``piddpm.resample.PLAUSIBLE_PIXEL_UM``) is refused, or ignored with a warning in a file.
     percentiles : (float, float), optional
         Percentiles mapped to [-1, 1] (default: the model's, else (0.1, 99.9)).
     residual : bool, optional
@@ -130,12 +130,13 @@ def restore(
     name : str, optional
         How error messages name the image (default: the path, or "image").
     resample : bool
-        Learned methods only, when the microscope (``na``, ``em_nm``) and the pixel size are
-        known: a plane whose pixels lie outside the model's training range (in units of
-        ``lambda_em / (4 NA)``, from its model.json) is resampled into that range, restored
-        and resampled back (band-limited, :func:`piddpm.resample.fourier_resample`); the
-        metadata's ``sampling`` records it. ``False`` restores at the native sampling.
-        Without the microscope, a one-time warning states the sampling assumed.
+        Learned methods, microscope and pixel size known: a plane whose pixels lie outside
+        the model's training range (units of ``lambda_em / (4 NA)``, from its model.json) is
+        resampled into it and back (:func:`piddpm.resample.fourier_resample`; metadata
+        ``sampling``). ``False``: native sampling. Without the microscope, a one-time
+        warning states the sampling assumed.
+    z_step_um : float, optional
+        ``rl-3d``: distance between planes in micrometres (default: the file's).
 
     Returns
     -------
@@ -149,6 +150,12 @@ def restore(
         Bad input (dtype, NaN/inf, too small, colour, unknown axes), no usable model, a
         model for another method, a PSF larger than the image, bad settings.
     """
+    if method == "rl-3d":
+        from piddpm.restore.volume import restore_volume
+
+        vol = dict(microscope=microscope, z_step_um=z_step_um, steps=steps, axes=axes, name=name)
+        vol.update(pixel_size_um=pixel_size_um, percentiles=percentiles, device=device)
+        return restore_volume(image, psf, **vol)
     inp = read_input(image, axes, name)
     samples, seed = check_int(samples, "samples", 1), check_int(seed, "seed")
     tiling = check_tiling(
