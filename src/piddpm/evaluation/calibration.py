@@ -14,7 +14,6 @@ Run it as ``python scripts/calibrate_spread.py MODEL_DIR``.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -136,16 +135,15 @@ def calibrate_spread(
 def store_std_scale(model_dir: str | os.PathLike, result: dict[str, Any]) -> Path:
     """Write ``result["std_scale"]`` (and the measurement) into ``model_dir/model.json``
     (``restore_defaults.std_scale``, ``calibration``); atomic replace."""
+    from piddpm.models.files import read_model_doc, write_model_doc
+
     path = Path(model_dir) / "model.json"
     if not path.is_file():
         raise PiddpmError(f"{path} not found: give a model folder")
-    doc = json.loads(path.read_text())
+    doc = read_model_doc(path)
     cfg = doc.setdefault("config", {})
     rd = cfg.setdefault("restore_defaults", {})
     rd["std_scale"] = float(result["std_scale"])
     rd["std_floor"] = float(result.get("std_floor", 0.0))
     cfg["calibration"] = result
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
+    return write_model_doc(path, doc)

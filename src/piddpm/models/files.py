@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from piddpm import PiddpmError, __version__
+from piddpm.choices import Method, options
 from piddpm.config import config_to_dict
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ MODEL_FORMAT = "piddpm-trained-model"
 #: ``version`` of that configuration.
 MODEL_FORMAT_VERSION = 1
 #: Methods a model can implement (``rl`` needs no model).
-MODEL_METHODS = ("pi-ddpm", "ddpm", "unet")
+MODEL_METHODS = options(Method)
 #: Keys the registry adds to a model's configuration (``piddpm models bundle`` writes them).
 REGISTRY_KEYS = ("aliases", "description", "modality", "restore_defaults")
 
@@ -242,9 +243,12 @@ def read_model_doc(path: str | os.PathLike) -> dict[str, Any]:
 
 def write_model_doc(path: str | os.PathLike, doc: dict[str, Any]) -> Path:
     """Write a whole ``model.json`` as :func:`piddpm.networks.save_model` lays it out
-    (indent 2, sorted keys, trailing newline); returns the path."""
+    (indent 2, sorted keys, trailing newline), atomically (a temporary file replaces it);
+    returns the path."""
     path = Path(path)
-    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
     return path
 
 

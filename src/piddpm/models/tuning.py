@@ -51,31 +51,30 @@ MODEL_ONLY_KEYS = ("tile_margin", "guidance_norm", "std_scale", "std_floor")
 def validate_defaults(defaults: dict[str, Any], method: str) -> None:
     """Raise :class:`piddpm.PiddpmError` if a ``restore_defaults`` entry is unknown or has a
     value :func:`piddpm.restore.restore` would refuse."""
-    from piddpm.restore import GUIDANCES, REGULARISERS, SAMPLERS
+    from piddpm.diffusion.settings import SamplerConfig, resolve_sampler_config
 
     unknown = sorted(set(defaults) - set(DEFAULT_KEYS))
     if unknown:
         raise PiddpmError(f"restore_defaults: unknown key(s) {unknown}; expected some of "
                      f"{list(DEFAULT_KEYS)}")  # fmt: skip
+    # the sampler settings are checked by the one sampler contract, SamplerConfig
+    sampler_keys = {k: v for k, v in defaults.items() if k in SamplerConfig.model_fields}
+    config = resolve_sampler_config(sampler_keys, where=f"restore_defaults of a {method} model")
+    if method != "pi-ddpm" and config.guidance in ("learned", "both"):
+        raise PiddpmError(
+            f"restore_defaults: guidance = {config.guidance!r} is not valid for a {method} model"
+        )
     checks = {
-        "sampler": lambda v: v in SAMPLERS,
-        "guidance": lambda v: v in GUIDANCES and not (method != "pi-ddpm" and v in ("learned", "both")),
-        "regulariser": lambda v: v in REGULARISERS,
-        "steps": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
         "tile": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 16,
         "overlap": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < defaults.get("tile", 256),
         "tile_margin": lambda v: isinstance(v, int) and not isinstance(v, bool) and 2 * v < defaults.get("overlap", 32),
-        "guidance_norm": lambda v: v in ("per-image", "none"),
         "std_scale": lambda v: isinstance(v, int | float) and math.isfinite(v) and v > 0,
         "std_floor": lambda v: isinstance(v, int | float) and math.isfinite(v) and v >= 0,
-        "eta": lambda v: isinstance(v, int | float) and math.isfinite(v) and v >= 0,
-        "eta_ddim": lambda v: isinstance(v, int | float) and math.isfinite(v) and v >= 0,
-        "lam": lambda v: isinstance(v, int | float) and math.isfinite(v) and v >= 0,
         "percentiles": lambda v: isinstance(v, list | tuple) and len(v) == 2
         and 0 <= v[0] < v[1] <= 100,
     }  # fmt: skip
     for k, v in defaults.items():
-        if not checks[k](v):
+        if k in checks and not checks[k](v):
             raise PiddpmError(f"restore_defaults: {k} = {v!r} is not valid for a {method} model")
 
 

@@ -74,21 +74,15 @@ def restore_batch(
         from piddpm.diffusion import supervised_predict
 
         return supervised_predict(net, observed, target=cfg.diffusion.target).float()
-    from piddpm.diffusion import ddim_sample
+    from piddpm.diffusion import sample
 
-    v = cfg.validation
-    guidance = v.guidance
-    if guidance == "auto":
-        guidance = "learned" if cfg.method == "pi-ddpm" else "none"
-    res = ddim_sample(
+    settings = cfg.validation.sampler_config(cfg.method).model_copy(update={"steps": num_steps})
+    res = sample(
         net,
         observed,
         schedule,
-        num_steps=num_steps,
-        guidance=guidance,
-        regulariser=None if v.regulariser == "none" else v.regulariser,
-        lam=v.lam,
-        eta=v.eta,
+        settings,
+        method=cfg.method,
         psf=psf,
         target=cfg.diffusion.target,
         generator=generator,
