@@ -148,6 +148,11 @@ def test_cli_rl3d_with_computed_psf(tmp_path):
             "--steps", "3", "-o", out, "--no-progress", "--device", "cpu"]  # fmt: skip
     assert main([str(a) for a in argv]) == 0
     assert tifffile.imread(out).shape == stack.shape
+    psf_file = tmp_path / "psf3d.tif"  # a plain 3-D TIFF (axes "QYX") is a (Z, Y, X) PSF
+    tifffile.imwrite(psf_file, _gauss_psf())
+    argv = ["restore", src, "--axes", "ZYX", "--method", "rl-3d", "--psf", psf_file,
+            "--steps", "3", "-o", tmp_path / "out2.tif", "--no-progress", "--device", "cpu"]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0
 
 
 def _one_line_error(match, **kwargs):

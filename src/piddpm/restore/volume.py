@@ -41,13 +41,14 @@ def load_psf_3d(psf, stack_shape: tuple[int, int, int]) -> tuple[np.ndarray, str
         img = read_image(psf)
         where, desc = f"PSF file {psf}", f"file {psf}"
         arr = np.asarray(img.data)
-        extra = [a for a, n in zip(img.axes, arr.shape, strict=True) if n > 1 and a not in "ZYX"]
-        if extra:
+        # singleton axes dropped; a plain 3-D TIFF ("QYX") is read as (Z, Y, X)
+        keep = [a for a, n in zip(img.axes, arr.shape, strict=True) if n > 1 or a in "YX"]
+        arr = arr.reshape([arr.shape[img.axes.index(a)] for a in keep])
+        if len(keep) > 3 or (len(keep) == 3 and keep[0] not in "ZQ"):
             raise PiddpmError(
-                f"{where} has axes {img.axes!r} with more than one {''.join(extra)} entry; "
+                f"{where} has axes {img.axes!r} with more than one {keep[0]} entry; "
                 "expected a 3-D PSF (Z, Y, X)"
             )
-        arr = arr.reshape([n for a, n in zip(img.axes, arr.shape, strict=True) if a in "ZYX"])
     else:
         if hasattr(psf, "detach"):
             psf = psf.detach().cpu().numpy()
