@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from piddpm import PiddpmError, __version__
+from piddpm.choices import Method, options
 
 __all__ = [
     "CAMERA",
@@ -127,7 +128,7 @@ METHOD_LABELS: dict[str, str] = {
 PI_DDPM_SAMPLES = {False: 4, True: 2}
 DDIM_STEPS_FAST = 10
 
-_MODEL_METHODS = ("unet", "ddpm", "pi-ddpm")
+_MODEL_METHODS = tuple(reversed(options(Method)))  # table order: unet, ddpm, pi-ddpm
 _SKIP_SPECIMENS = ("images",)  # needs a user's folder: not a built-in specimen
 
 

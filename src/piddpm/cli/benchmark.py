@@ -83,7 +83,10 @@ def run(args) -> int:
         update["seed"] = args.seed
     if args.methods:
         names = [m.strip() for m in args.methods.split(",") if m.strip()]
-        known = ("input", "rl", "unet", "ddpm", "pi-ddpm", "pi-ddpm-known")
+        from piddpm.choices import options
+        from piddpm.evaluation.config import MethodName
+
+        known = options(MethodName)
         bad = [m for m in names if m not in known]
         if bad:
             raise PiddpmError(f"--methods {', '.join(bad)}: unknown; expected {', '.join(known)}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from piddpm.choices import Modality, options
+
 DESCRIPTION = """\
 Compute a vectorial (Richards-Wolf, unpolarised) intensity PSF and write it as a float32
 OME-TIFF carrying its voxel size in micrometres, normalised to unit sum.
@@ -31,7 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     p.add_argument(
-        "--modality", choices=["widefield", "confocal"], default="widefield", help="microscope type"
+        "--modality", choices=options(Modality), default="widefield", help="microscope type"
     )
     p.add_argument("--na", type=float, required=True, help="numerical aperture (unitless)")
     p.add_argument("--ri", type=float, default=1.33, help="immersion refractive index (unitless)")

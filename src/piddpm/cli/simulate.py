@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from piddpm.choices import Modality, options
+
 DESCRIPTION = """\
 Simulate N training pairs: a specimen rendered at the microscope's pixel size (the ground
 truth), blurred by a random microscope's PSF (periodic convolution) and imaged with Poisson
@@ -45,7 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--modality",
-        choices=["widefield", "confocal", "both"],
+        choices=[*options(Modality), "both"],
         default="widefield",
         help="microscope type ('both': confocal with probability 0.5)",
     )

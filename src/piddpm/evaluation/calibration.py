@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from piddpm import PiddpmError
+from piddpm.choices import DiffusionMethod
+from piddpm.choices import options as choice_options
 
 __all__ = ["calibrate_spread", "store_std_scale", "DEV_SEED", "TEST_SEED"]
 
@@ -100,7 +102,7 @@ def calibrate_spread(
     if samples < 2:
         raise PiddpmError(f"calibration needs samples >= 2 (a std), got {samples}")
     entry = resolve_model(model)
-    if entry.method not in ("pi-ddpm", "ddpm"):
+    if entry.method not in choice_options(DiffusionMethod):
         raise PiddpmError(f"model {entry.name} is a {entry.method}: it has no posterior spread")
     opts = dict(options or {})
     out: dict[str, Any] = {"samples": samples, "pairs": pairs, "size": size, "options": opts}

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from piddpm import PiddpmError
-from piddpm.choices import Method, Modality, Regulariser, RegulariserChoice, Sampler
+from piddpm.choices import Method, Modality, Regulariser, RegulariserChoice, Sampler, options
 
 __all__ = [
     "AblationConfig",
@@ -69,7 +69,7 @@ class SyntheticSuiteConfig(_Strict):
         description="Specimen types (piddpm.data.SPECIMENS); one group per type and modality.",
     )
     modalities: list[Modality] = Field(
-        ["widefield", "confocal"], description="Microscope modalities."
+        list(options(Modality)), description="Microscope modalities."
     )
     images_per_group: int = Field(4, ge=1, description="Test images per specimen x modality.")
     size: int = Field(256, ge=32, description="Image side (px).")
@@ -159,7 +159,7 @@ class AblationConfig(_Strict):
     etas: list[float] = Field(
         [0.0, 1.0, 5.0, 10.0, 25.0, 50.0], description="Guidance weights eta swept."
     )
-    regularisers: list[Regulariser] = Field(["l1", "l2"], description="Regularisers.")
+    regularisers: list[Regulariser] = Field(list(options(Regulariser)), description="Regularisers.")
     lams: list[float] = Field([0.0, 0.005, 0.015, 0.05], description="Regulariser weights.")
     ddim_steps: list[int] = Field([5, 10, 20, 50], description="DDIM step counts.")
     include_ddpm: bool = Field(
