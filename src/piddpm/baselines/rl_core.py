@@ -238,6 +238,14 @@ def rl_fixed_iterations(
     (Tensor, int)
         ``u`` and the number of iterations done.
     """
+    if u.device.type == "cpu" and u.ndim > op.d and u.shape[0] > 1 and monitor is None:
+        # on CPU one sample at a time keeps the buffers in cache (measured faster than batched)
+        for i in range(u.shape[0]):
+            rl_fixed_iterations(
+                _row(y, i), u[i], _op_row(op, i), num_iter,
+                background=_row(background, i), inv_sens=_row(inv_sens, i), eps=eps,
+            )  # fmt: skip
+        return u, num_iter
     grid, dims = op.grid, op.dims
     lead = tuple(u.shape[: u.ndim - op.d])
     obj = (...,) + tuple(slice(0, n) for n in op.object_shape)
@@ -270,3 +278,19 @@ def rl_fixed_iterations(
             uv.mul_(inv_sens)
     u.copy_(uv)
     return u, done
+
+
+def _row(t: torch.Tensor | None, i: int) -> torch.Tensor | None:
+    """Sample ``i`` of a tensor batched (or broadcast) over its first axis."""
+    if t is None or t.ndim == 0:
+        return t
+    return t[i] if t.shape[0] > 1 else t[0]
+
+
+def _op_row(op: FFTBlur, i: int) -> FFTBlur:
+    """The operator of sample ``i`` (its OTF row; shares the cache)."""
+    import copy
+
+    sub = copy.copy(op)
+    sub.otf, sub.otf_conj = _row(op.otf, i), _row(op.otf_conj, i)
+    return sub
