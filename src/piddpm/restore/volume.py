@@ -173,7 +173,8 @@ def restore_volume(
     check_int(steps, "steps", 1)
     perc = check_percentiles(percentiles) if percentiles is not None else DEFAULT_PERCENTILES
     dev = resolve_device(device)
-    data = np.asarray(inp.data)
+    data = inp.data.detach().cpu().numpy() if hasattr(inp.data, "detach") else inp.data
+    data = np.asarray(data)
     zi = inp.axes.index("Z")
     data = np.moveaxis(data, zi, -3)
     lead_axes = inp.axes[:zi] + inp.axes[zi + 1 : -2]
