@@ -48,8 +48,9 @@ Geometry = Literal["same", "valid", "periodic"]
 
 #: LRU size of the OTF cache.
 CACHE_ENTRIES = 8
-#: OTFs larger than this many complex elements are not cached (3-D volumes).
-CACHE_MAX_ELEMENTS = 1 << 23
+#: OTFs larger than this many complex elements are not cached (3-D volumes; an entry holds
+#: the OTF and its conjugate: at most 64 MB in complex64, 8 entries at most 512 MB).
+CACHE_MAX_ELEMENTS = 1 << 22
 
 _CACHE: OrderedDict = OrderedDict()
 
