@@ -16,7 +16,17 @@ import warnings
 from piddpm import PiddpmError, __version__
 
 #: Commands in the order ``--help`` lists them. A module that does not exist yet is skipped.
-COMMANDS = ["demo", "psf", "acquire", "simulate", "train", "restore", "models", "benchmark"]
+COMMANDS = [
+    "demo",
+    "psf",
+    "acquire",
+    "simulate",
+    "train",
+    "restore",
+    "models",
+    "export",
+    "benchmark",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

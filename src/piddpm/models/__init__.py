@@ -187,7 +187,7 @@ def _looks_like_path(text: str) -> bool:
         "/" in text
         or "\\" in text
         or text.startswith(".")
-        or text.endswith((".safetensors", ".json"))
+        or text.endswith((".safetensors", ".json", ".zip"))
         or Path(text).exists()
     )
 
@@ -199,8 +199,9 @@ def resolve_model(name_or_path: str | Path) -> ModelEntry:
     ----------
     name_or_path : str or Path
         A bundled name (``"pi-ddpm-widefield"``), an alias (``"widefield"``), a model folder,
-        a ``.safetensors`` file (its ``.json`` of the same stem beside it) or a ``.json``
-        file (its ``.safetensors`` of the same stem beside it).
+        a ``.safetensors`` file (its ``.json`` of the same stem beside it), a ``.json``
+        file (its ``.safetensors`` of the same stem beside it) or a ``.zip`` BioImage Model
+        Zoo package written by ``piddpm export bmz`` (:mod:`piddpm.models.bmz`).
 
     Returns
     -------
@@ -230,6 +231,10 @@ def resolve_model(name_or_path: str | Path) -> ModelEntry:
         return _entry_from_folder(path, bundled=False)
     if not path.exists():
         raise PiddpmError(f"model file or folder {path} does not exist")
+    if path.suffix.lower() == ".zip":  # a BioImage Model Zoo package piddpm exported
+        from piddpm.models.bmz import entry_from_bmz
+
+        return entry_from_bmz(path)
     if path.suffix == ".safetensors":
         weights, cfg_path = path, path.with_suffix(".json")
         if not cfg_path.is_file():
@@ -245,7 +250,9 @@ def resolve_model(name_or_path: str | Path) -> ModelEntry:
                 f"{weights.name} in {path.parent}"
             )
     else:
-        raise PiddpmError(f"model path {path} is neither a folder nor a .safetensors/.json file")
+        raise PiddpmError(
+            f"model path {path} is neither a folder nor a .safetensors/.json/.zip file"
+        )
     card = path.parent / "MODEL_CARD.md"
     return ModelEntry(
         name=str(path),
