@@ -72,6 +72,8 @@ def restore(
     name: str | None = None,
     resample: bool = True,
     z_step_um: float | None = None,
+    intensity_range: tuple[float, float] | list | None = None,
+    origin: tuple[int, int, int] | None = None,
 ) -> RestoreResult:
     """Restore a fluorescence image (2-D, stack, channels, time series) of any size.
 
@@ -103,19 +105,16 @@ def restore(
         lambda, ``"learned"/"known"/"both"/"none"``, DDIM stochasticity); default: the
         model's ``restore_defaults``, else :class:`piddpm.diffusion.SamplerConfig`'s
         (one rule: :func:`piddpm.diffusion.resolve_sampler_config`).
-    tile, overlap : int, optional
+    tile, overlap, batch_size : int, optional
         Tile side and overlap in pixels; default: the model's ``restore_defaults`` (measured
         for each bundled model: GroupNorm statistics depend on the tile), else 256 and 32.
-    batch_size : int
-        Tiles per batch (4).
+        ``batch_size`` tiles per batch (4).
     axes : str, optional
         Axes letters (``"ZYX"``, ``"TCYX"``); default the file's, else by dimensions.
     seed : int
         Seed of the sampling noise (same seed, settings and batch size: same result).
-    device : str
-        ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
-    progress : bool
-        Show a tqdm bar over tiles.
+    device, progress : str, bool
+        ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda:1"``, ...; a tqdm bar over tiles.
     microscope : dict, optional
         Compute the PSF when ``psf`` is not given (else only the sampling, for ``resample``):
         keys ``modality``, ``na``, ``em_nm``, ``ex_nm``, ``pinhole_au``, ``ri``, ``pixel_um``
@@ -137,6 +136,10 @@ def restore(
         warning states the sampling assumed.
     z_step_um : float, optional
         ``rl-3d``: distance between planes in micrometres (default: the file's).
+    intensity_range, origin : optional
+        A part of a larger image (:mod:`piddpm.restore.stream`): ``(lo, hi)`` mapped to -1, +1
+        instead of the percentiles (one pair, or one per plane); its ``(plane, y0, x0)`` in the
+        whole, where the diffusion noise is drawn.
 
     Returns
     -------
@@ -147,8 +150,7 @@ def restore(
     Raises
     ------
     PiddpmError
-        Bad input (dtype, NaN/inf, too small, colour, unknown axes), no usable model, a
-        model for another method, a PSF larger than the image, bad settings.
+        Bad input (dtype, NaN/inf, size, colour, axes), no usable model, a bad setting.
     """
     if method == "rl-3d":
         from piddpm.restore.volume import restore_volume
@@ -158,11 +160,8 @@ def restore(
         return restore_volume(image, psf, **vol)
     inp = read_input(image, axes, name)
     samples, seed = check_int(samples, "samples", 1), check_int(seed, "seed")
-    tiling = check_tiling(
-        DEFAULT_TILE if tile is None else tile,
-        DEFAULT_OVERLAP if overlap is None else overlap,
-        inp.plane_shape,
-    )
+    dflt = zip((tile, overlap), (DEFAULT_TILE, DEFAULT_OVERLAP), strict=True)
+    tiling = check_tiling(*(d if v is None else v for v, d in dflt), inp.plane_shape)
     _check_choices(method=method, sampler=sampler, guidance=guidance, regulariser=regulariser)
     check_int(steps, "steps", 1)
     dev = resolve_device(device)
@@ -187,8 +186,9 @@ def restore(
     if entry is not None:
         meta.update(model_file=str(entry.weights), tile_margin=runner.tile_margin)
     meta.update(runner.metadata)
+    fixed = dict(ranges=intensity_range, origin=origin)
     mean, std, res, ranges = restore_planes(
-        inp, runner, percentiles=perc, tile=tile, batch_size=batch_size, progress=progress
+        inp, runner, percentiles=perc, tile=tile, batch_size=batch_size, progress=progress, **fixed
     )
     meta.update(_describe(method, perc, ranges, pixel_um, plan, entry, use_residual, runner))
     mean, std = (as_input_kind(a, image, inp.kind) for a in (mean, std))

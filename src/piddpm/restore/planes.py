@@ -6,14 +6,34 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from piddpm import PiddpmError
 from piddpm.restore.settings import plane_range
 from piddpm.tiling import restore_tiled, tile_positions
 
 __all__ = ["restore_planes"]
 
 
-def restore_planes(inp, runner, *, percentiles, tile: int, batch_size: int, progress: bool):
+def restore_planes(
+    inp,
+    runner,
+    *,
+    percentiles,
+    tile: int,
+    batch_size: int,
+    progress: bool,
+    ranges=None,
+    origin=None,
+):
     """Restore every plane of ``inp`` with ``runner``.
+
+    Parameters
+    ----------
+    ranges : (lo, hi) or list of (lo, hi), optional
+        Fixed intensity ranges, one pair for all planes or one per plane, used instead of the
+        plane's percentiles (a chunk of a larger plane gets the whole plane's range).
+    origin : (int, int, int), optional
+        ``(plane, y0, x0)`` of ``inp`` in a larger image: plane indices and tile origins are
+        offset by it, so position-addressed diffusion noise matches the whole image's.
 
     Returns
     -------
@@ -35,15 +55,20 @@ def restore_planes(inp, runner, *, percentiles, tile: int, batch_size: int, prog
         n_tiles = len(tile_positions(inp.plane_shape, tile, runner.overlap))
         desc = f"restore ({runner.method})"
         bar = tqdm(total=n_planes * n_tiles, unit="tile", desc=desc, leave=False)
+    fixed = _fixed_ranges(ranges, n_planes, inp.where)
+    p0, oy, ox = (0, 0, 0) if origin is None else (int(v) for v in origin)
     ranges: list[list[float]] = []
     try:
         for p_index, idx in enumerate(np.ndindex(*lead_shape)):
             plane = inp.plane(idx)
-            lo, hi = plane_range(plane, percentiles)
+            lo, hi = plane_range(plane, percentiles) if fixed is None else fixed[p_index]
             ranges.append([lo, hi])
             span = hi - lo
-            plane_in, fn, overlap = runner.prepare(p_index, plane, lo, span)
+            plane_in, fn, overlap = runner.prepare(p0 + p_index, plane, lo, span)
             overlap = min(overlap, tile - 1)
+            with_origins = isinstance(fn, DiffusionTiles)
+            if with_origins and (oy, ox) != (0, 0):
+                fn = _shifted(fn, oy, ox)
             with torch.no_grad():  # the samplers run without autograd too
                 out = restore_tiled(
                     fn,
@@ -53,7 +78,7 @@ def restore_planes(inp, runner, *, percentiles, tile: int, batch_size: int, prog
                     batch_size,
                     out_channels=runner.out_channels,
                     progress=bar,
-                    with_origins=isinstance(fn, DiffusionTiles),
+                    with_origins=with_origins,
                     margin=min(runner.tile_margin, max((overlap - 1) // 2, 0)),
                 )
             del plane_in
@@ -68,3 +93,31 @@ def restore_planes(inp, runner, *, percentiles, tile: int, batch_size: int, prog
         if bar is not None:
             bar.close()
     return mean_out, std_out, res_out, ranges
+
+
+def _shifted(fn, oy: int, ox: int):
+    """``fn`` called with tile origins offset by ``(oy, ox)`` (positions in the whole plane)."""
+
+    def call(batch, origins):
+        return fn(batch, [(y + oy, x + ox) for y, x in origins])
+
+    return call
+
+
+def _fixed_ranges(ranges, n_planes: int, where: str):
+    """``ranges`` as a list of ``n_planes`` checked ``(lo, hi)`` float pairs, or None."""
+    if ranges is None:
+        return None
+    arr = np.asarray(ranges, dtype=np.float64)
+    if arr.shape == (2,):
+        arr = np.broadcast_to(arr, (n_planes, 2))
+    if (
+        arr.shape != (n_planes, 2)
+        or not np.isfinite(arr).all()
+        or not (arr[:, 1] > arr[:, 0]).all()
+    ):
+        raise PiddpmError(
+            f"{where}: intensity_range must be finite (lo, hi) with hi > lo, one pair or one per "
+            f"plane ({n_planes}); got {ranges!r}"
+        )
+    return [(float(lo), float(hi)) for lo, hi in arr]
