@@ -153,6 +153,22 @@ def test_cli_export_and_bad_arguments(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["u.zip"]  # nothing half-written
 
 
+def test_export_model_folder(tmp_path):
+    """MODEL may be a folder with model.json + model.safetensors (a training run's output)."""
+    import shutil
+
+    src = resolve_model("unet-widefield")
+    run = tmp_path / "my-run"
+    run.mkdir()
+    shutil.copy(src.weights, run / "model.safetensors")
+    shutil.copy(src.config_path, run / "model.json")
+    result = export_bmz(run, tmp_path / "run.zip", test_size=32, torchscript=False)
+    doc, names = _description(result.path)
+    assert doc["name"] == "piddpm my-run" and "weights_torchscript.pt" not in names
+    assert "no model card" in zipfile.ZipFile(result.path).read("README.md").decode()
+    assert entry_from_bmz(result.path).method == "unet"
+
+
 def test_foreign_packages_refused(tmp_path, capsys):
     foreign = tmp_path / "foreign.zip"
     with zipfile.ZipFile(foreign, "w") as zf:

@@ -269,7 +269,7 @@ def _axes(factor: int, tensor_id: str | None) -> list[dict[str, Any]]:
             if tensor_id is None
             else {"tensor_id": tensor_id, "axis_id": ax}
         )
-        axes.append({"type": "space", "id": ax, "size": size, "unit": "micrometer", "scale": 1.0})
+        axes.append({"type": "space", "id": ax, "size": size})  # pixel size: any (README)
     return axes
 
 
