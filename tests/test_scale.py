@@ -1,0 +1,193 @@
+"""Out-of-core restore (:mod:`piddpm.restore.stream`): chunked equals in-memory, resume,
+dask.distributed, the OME-Zarr output and its provenance."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import zarr
+
+from piddpm import PiddpmError
+from piddpm.io import read_image, write_zarr
+from piddpm.restore import restore
+from piddpm.restore.stream import chunk_regions, plane_ranges, restore_to_zarr
+
+
+def gaussian_psf(size=9, sigma=1.3):
+    y, x = np.mgrid[:size, :size] - size // 2
+    k = np.exp(-(x**2 + y**2) / (2 * sigma**2))
+    return (k / k.sum()).astype(np.float32)
+
+
+def specimen(shape=(256, 256), seed=0):
+    """Blurred beads on a background with shot-like noise (positive, uint16-like)."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros(shape, np.float32)
+    for _ in range(int(np.prod(shape[-2:]) / 400)):
+        img[(..., *(int(rng.integers(0, s)) for s in shape[-2:]))] += rng.uniform(200, 800)
+    from scipy.ndimage import gaussian_filter
+
+    img = gaussian_filter(img, (0,) * (img.ndim - 2) + (1.5, 1.5)) * 20 + 100
+    return rng.poisson(img).astype(np.float32)
+
+
+def level0(path, name="0"):
+    return np.asarray(zarr.open_group(str(path), mode="r")[name][...])
+
+
+RL = dict(method="rl", psf=gaussian_psf(), tile=64, overlap=8)
+
+
+def test_chunk_regions_are_unions_of_the_planes_tiles():
+    from piddpm.tiling import axis_starts
+
+    for length, chunk, tile, overlap in [(300, 100, 64, 8), (512, 128, 256, 64), (50, 16, 64, 8)]:
+        starts = axis_starts(length, tile, overlap)
+        regions = chunk_regions(length, chunk, tile, overlap)
+        assert regions[0][0] == 0 and regions[-1][1] == length
+        for c0, c1, r0, r1 in regions:
+            assert r0 <= c0 < c1 <= r1 and r0 in starts
+            # the untapered region border lies at least `overlap` pixels outside the chunk
+            assert r0 == 0 or c0 - r0 >= overlap
+            assert r1 == length or r1 - c1 >= overlap
+
+
+def test_whole_plane_percentiles_equal_the_in_memory_rule_also_when_subsampled(monkeypatch):
+    from piddpm import normalisation
+
+    plane = specimen((130, 170))
+    p = (0.1, 99.9)
+    assert plane_ranges(plane, (), p, band_px=1000) == [
+        list(normalisation.intensity_range(plane, p))
+    ]
+    monkeypatch.setattr(normalisation, "MAX_PERCENTILE_SAMPLES", 997)  # subsample: k = 23
+    got = plane_ranges(plane, (), p, band_px=1000)[0]
+    assert got == list(normalisation.intensity_range(plane, p, max_samples=997))
+
+
+def test_chunked_rl_equals_in_memory_and_writes_ngff_with_provenance(tmp_path):
+    img = specimen((300, 280))
+    src = write_zarr(tmp_path / "in.zarr", img, axes="YX", pixel_size_um=(None, 0.1, 0.1))
+    ref = restore(read_image(src), progress=False, **RL)
+    out = restore_to_zarr(src, tmp_path / "out.zarr", chunk=100, progress=False, **RL)
+    np.testing.assert_allclose(level0(out), ref.mean, rtol=0, atol=1e-5)
+    attrs = dict(zarr.open_group(str(out), mode="r").attrs)
+    ms = attrs["multiscales"][0]
+    assert ms["version"] == "0.4" and [a["name"] for a in ms["axes"]] == ["y", "x"]
+    assert ms["axes"][0]["unit"] == "micrometer"
+    scales = [d["coordinateTransformations"][0]["scale"] for d in ms["datasets"]]
+    assert scales == [[0.1, 0.1], [0.2, 0.2], [0.4, 0.4]]
+    assert level0(out, "1").shape == (150, 140) and level0(out, "2").shape == (75, 70)
+    np.testing.assert_allclose(
+        level0(out, "1"), ref.mean.reshape(150, 2, 140, 2).mean((1, 3)), atol=1e-4
+    )
+    meta = attrs["piddpm"]
+    assert meta["method"] == "rl" and meta["steps"] == ref.metadata["steps"]
+    assert meta["normalisation"]["ranges"] == ref.metadata["normalisation"]["ranges"]
+    assert meta["stream"]["chunks"] == 9 and attrs["piddpm_stream"]["complete"] is True
+    back = read_image(out)
+    assert back.axes == "YX" and back.pixel_size_um[1] == pytest.approx(0.1)
+    assert back.metadata["metadata"]["method"] == "rl"
+    json.dumps(meta)
+
+
+def test_chunked_stack_keeps_per_plane_ranges_and_rl_counts(tmp_path):
+    stack = np.stack([specimen((160, 150), seed=1), 3 * specimen((160, 150), seed=2) + 50])
+    ref = restore(stack, axes="ZYX", progress=False, **RL)
+    out = restore_to_zarr(stack, tmp_path / "s.zarr", axes="ZYX", chunk=64, progress=False, **RL)
+    np.testing.assert_allclose(level0(out), ref.mean, rtol=0, atol=1e-4)
+    meta = dict(zarr.open_group(str(out), mode="r").attrs)["piddpm"]
+    assert meta["normalisation"]["ranges"] == ref.metadata["normalisation"]["ranges"]
+
+
+@pytest.mark.parametrize(
+    "size, chunk, kwargs",
+    [
+        (384, 128, dict(model="unet-widefield")),  # the model's tile 256, overlap 64
+        # batch_size 1: a batch of other tiles changes the convolutions' float round-off
+        (256, 128, dict(model="pi-ddpm-widefield", steps=3, tile=128, overlap=32, batch_size=1)),
+    ],
+    ids=["unet", "ddim"],
+)
+def test_chunked_learned_restore_equals_in_memory(tmp_path, size, chunk, kwargs):
+    img = specimen((size, size), seed=3)
+    with pytest.warns(UserWarning, match="no microscope"):
+        ref = restore(img, progress=False, device="cpu", **kwargs)
+    with pytest.warns(UserWarning, match="no microscope"):
+        out = restore_to_zarr(
+            img, tmp_path / "o.zarr", chunk=chunk, progress=False, device="cpu", **kwargs
+        )
+    np.testing.assert_allclose(level0(out), ref.mean, rtol=0, atol=1e-5)
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
+    img = specimen((200, 200), seed=4)
+    full = restore_to_zarr(img, tmp_path / "full.zarr", chunk=64, progress=False, **RL)
+    calls = []
+
+    def stop_after_three(done, total):
+        calls.append(done)
+        if done == 3:
+            raise KeyboardInterrupt
+
+    part = tmp_path / "part.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        restore_to_zarr(img, part, chunk=64, progress=False, on_chunk=stop_after_three, **RL)
+    assert dict(zarr.open_group(str(part), mode="r").attrs)["piddpm_stream"]["complete"] is False
+    with pytest.raises(PiddpmError, match="--resume"):
+        restore_to_zarr(img, part, chunk=64, progress=False, **RL)
+    with pytest.raises(PiddpmError, match="other settings.*chunk"):
+        restore_to_zarr(img, part, chunk=32, resume=True, progress=False, **RL)
+    done = []
+    restore_to_zarr(
+        img, part, chunk=64, resume=True, progress=False, on_chunk=lambda d, t: done.append(d), **RL
+    )
+    assert done[0] == 4 and done[-1] == 16  # 4 x 4 chunks, 3 already there
+    np.testing.assert_array_equal(level0(part), level0(full))
+    np.testing.assert_array_equal(level0(part, "2"), level0(full, "2"))
+
+
+def test_output_refusals(tmp_path):
+    img = specimen((64, 64))
+    src = write_zarr(tmp_path / "in.zarr", img, axes="YX")
+    with pytest.raises(PiddpmError, match="is the input"):
+        restore_to_zarr(src, src, resume=True, **RL)
+    with pytest.raises(PiddpmError, match="does not exist"):
+        restore_to_zarr(img, tmp_path / "no" / "o.zarr", **RL)
+    with pytest.raises(PiddpmError, match="rl-3d"):
+        restore_to_zarr(img, tmp_path / "o.zarr", method="rl-3d")
+    with pytest.raises(PiddpmError, match="not in the OME-Zarr order"):
+        restore_to_zarr(np.zeros((2, 3, 64, 64)), tmp_path / "o.zarr", axes="ZCYX", **RL)
+
+
+def test_two_local_distributed_workers_give_the_same_output(tmp_path):
+    pytest.importorskip("distributed")
+    img = specimen((200, 180), seed=5)
+    src = write_zarr(tmp_path / "in.zarr", img, axes="YX")
+    ref = restore_to_zarr(src, tmp_path / "one.zarr", chunk=64, progress=False, **RL)
+    out = restore_to_zarr(src, tmp_path / "two.zarr", chunk=64, workers=2, progress=False, **RL)
+    np.testing.assert_array_equal(level0(out), level0(ref))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(method="rl", psf=gaussian_psf()),
+        dict(model="unet-widefield"),
+        dict(model="pi-ddpm-widefield", steps=3, batch_size=1),
+    ],
+    ids=["rl", "unet", "ddim"],
+)
+def test_chunked_equals_in_memory_on_a_1024_plane(tmp_path, kwargs):
+    img = specimen((1024, 1024), seed=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the sampling assumed
+        ref = restore(img, progress=False, device="cpu", **kwargs)
+        out = restore_to_zarr(
+            img, tmp_path / "o.zarr", chunk=256, progress=False, device="cpu", **kwargs
+        )
+    np.testing.assert_allclose(level0(out), ref.mean, rtol=0, atol=1e-5)
