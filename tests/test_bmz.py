@@ -115,6 +115,26 @@ def test_restore_with_package_equals_bundled(packages, name):
     assert packaged.metadata["model"] == str(packages[name])
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_zoo_module_equals_piddpm_restore(name):
+    """On a plane that fits one tile, the package's pre-, model and postprocessing (mapped back
+    to the input's units) give piddpm restore's result (same seed, eta_ddim 0)."""
+    from piddpm import restore
+    from piddpm.export.bmz import package_modules
+
+    entry = resolve_model(name)
+    perc = tuple(entry.restore_defaults["percentiles"])
+    module, _ = package_modules(entry)
+    x = (np.random.default_rng(5).random((64, 64)) * 100 + 10).astype(np.float32)
+    lo, hi = np.percentile(x, perc)
+    with torch.no_grad():
+        y = postprocess(module(torch.from_numpy(preprocess(x[None, None], perc))).numpy())[0, 0]
+    kw = {} if name == "unet-widefield" else {"eta_ddim": 0.0}
+    with pytest.warns(UserWarning, match="no microscope given"):
+        ref = restore(x, model=name, seed=0, progress=False, device="cpu", **kw)
+    np.testing.assert_allclose(y * (hi - lo) + lo, ref.mean, atol=1e-4 * (hi - lo), rtol=0)
+
+
 def test_cli_restore_with_package(packages, tmp_path, capsys):
     from piddpm.io import read_image, write_tiff
 
