@@ -510,3 +510,33 @@ def test_calibration_fits_and_stores_the_factor(tmp_path, monkeypatch):
     assert result["test"]["after"]["mean_abs_error"] <= 1.0
     calibration.store_std_scale(folder, result)
     assert resolve_model(folder).restore_defaults["std_scale"] == result["std_scale"]
+
+
+def test_bf16_autocast_is_a_model_default_used_only_where_bf16_is_native(tmp_path):
+    """``restore_defaults.autocast`` switches the diffusion sampler to bf16 autocast, but only on
+    a device with native bf16 (elsewhere it would be emulated and slower); the metadata says
+    which precision ran, and the result stays close to float32."""
+    import shutil
+
+    from piddpm.models import MODELS_DIR
+    from piddpm.models.files import read_model_doc, write_model_doc
+    from piddpm.restore.runners import bf16_is_fast
+
+    assert bf16_is_fast("meta") is False
+    src = MODELS_DIR / "pi-ddpm-widefield"
+    if not src.is_dir():
+        pytest.skip("bundled pi-ddpm-widefield not installed")
+    dst = tmp_path / "pi-ddpm-widefield-bf16"
+    shutil.copytree(src, dst)
+    doc = read_model_doc(dst / "model.json")
+    doc["config"]["restore_defaults"]["autocast"] = True
+    write_model_doc(dst / "model.json", doc)
+    obs = np.random.default_rng(0).poisson(30.0, (48, 40)).astype(np.float32)
+    kw = dict(steps=3, seed=1, progress=False, device="cpu")
+    ref = restore(obs, model="pi-ddpm-widefield", **kw)
+    res = restore(obs, model=str(dst), **kw)
+    assert ref.metadata["precision"] == "float32"
+    native = bf16_is_fast("cpu")
+    assert res.metadata["precision"] == ("bf16 autocast" if native else "float32")
+    span = float(np.percentile(ref.mean, 99.9) - np.percentile(ref.mean, 0.1))
+    assert float(np.abs(res.mean - ref.mean).max()) < 0.05 * span

@@ -41,11 +41,12 @@ DEFAULT_KEYS = (
     "guidance_norm",
     "std_scale",
     "std_floor",
+    "autocast",
 )
 
 
 #: Keys that restore reads from model.json only (no restore() argument).
-MODEL_ONLY_KEYS = ("tile_margin", "guidance_norm", "std_scale", "std_floor")
+MODEL_ONLY_KEYS = ("tile_margin", "guidance_norm", "std_scale", "std_floor", "autocast")
 
 
 def validate_defaults(defaults: dict[str, Any], method: str) -> None:
@@ -65,6 +66,7 @@ def validate_defaults(defaults: dict[str, Any], method: str) -> None:
             f"restore_defaults: guidance = {config.guidance!r} is not valid for a {method} model"
         )
     checks = {
+        "autocast": lambda v: isinstance(v, bool),
         "tile": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 16,
         "overlap": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < defaults.get("tile", 256),
         "tile_margin": lambda v: isinstance(v, int) and not isinstance(v, bool) and 2 * v < defaults.get("overlap", 32),

@@ -321,7 +321,7 @@ def _make_runner(entry, given, seed, tiling, tile_given, percentiles, psf_np, pl
     runner.std_floor = float(defaults.get("std_floor", 0.0))
     if entry.method != "unet":
         runner.metadata = runners.diffusion_metadata(
-            runner.config, runner.std_scale, runner.std_floor
+            runner.config, runner.std_scale, runner.std_floor, runner.autocast
         )
     return runner, perc, (tile, overlap)
 

@@ -248,6 +248,12 @@ class DiffusionRunner(_LearnedRunner):
         self.config, self.schedule, self.seed = config, schedule, seed
         self.samples = config.samples
         self.run_kwargs: dict[str, Any] = {"guidance_norm": config.guidance_norm}
+        # bf16 autocast where the model's defaults ask for it and the device runs bf16 fast
+        # (measured: docs/restore.md); elsewhere (e.g. CPUs without bf16 units) fp32
+        self.autocast = bool(self.entry.restore_defaults.get("autocast", False)) and (
+            bf16_is_fast(self.device)
+        )
+        self.run_kwargs["autocast"] = self.autocast
         if self.entry.config.get("target"):
             self.run_kwargs["target"] = self.entry.config["target"]
 
@@ -255,6 +261,20 @@ class DiffusionRunner(_LearnedRunner):
         from piddpm.diffusion.noise import PlaneNoise
 
         return DiffusionTiles(self, PlaneNoise((self.seed * 1_000_003 + p_index) % (2**63)))
+
+
+def bf16_is_fast(device) -> bool:
+    """Whether ``device`` computes bf16 natively (CUDA with bf16, or a CPU with AVX512-BF16 /
+    AMX as oneDNN reports it); emulated bf16 would be slower than float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
 
 
 def diffusion_config(
@@ -303,10 +323,13 @@ def diffusion_config(
     )
 
 
-def diffusion_metadata(config: SamplerConfig, std_scale: float, std_floor: float) -> dict:
+def diffusion_metadata(
+    config: SamplerConfig, std_scale: float, std_floor: float, autocast: bool = False
+) -> dict:
     """The sampler's part of the result's metadata."""
     several = config.samples > 1
     return dict(
+        precision="bf16 autocast" if autocast else "float32",
         sampler=config.sampler,
         steps=config.steps,
         eta=config.eta,
