@@ -226,6 +226,23 @@ def test_zarr_in_zarr_out_with_channels(tmp_path, unet_model):
     assert r.metadata["metadata"]["method"] == "unet"
 
 
+def test_zarr_to_zarr_streams_in_chunks_and_resumes(tmp_path, psf_file, capsys):
+    src = tmp_path / "in.zarr"
+    write_zarr(src, image((70, 90)), axes="YX", pixel_size_um=(None, 0.2, 0.2))
+    ref = tmp_path / "ref.tif"
+    rl = ("--method", "rl", "--psf", psf_file, "--tile", "32", "--overlap", "4")
+    assert run(src, "-o", ref, *rl) == 0
+    out = tmp_path / "out.zarr"
+    assert run(src, "-o", out, *rl, "--chunk", "24") == 0
+    assert "in 12 chunks" in capsys.readouterr().out
+    np.testing.assert_allclose(read_image(out).data, read_image(ref).data, atol=1e-5)
+    assert run(src, "-o", out, *rl, "--chunk", "24") == 2  # exists: --resume or --overwrite
+    assert "already exists" in capsys.readouterr().err
+    assert run(src, "-o", out, *rl, "--chunk", "24", "--resume") == 0  # complete: nothing to do
+    assert run(src, "-o", out, *rl, "--chunk", "16", "--resume") == 2
+    assert "other settings" in capsys.readouterr().err
+
+
 def test_existing_output_needs_overwrite(tmp_path, psf_file, capsys):
     src = tmp_path / "in.tif"
     write_tiff(src, image(), axes="YX")

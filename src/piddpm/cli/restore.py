@@ -67,6 +67,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     _add_psf_arguments(p)
     _add_sampling_arguments(p)
     _add_tiling_arguments(p)
+    _add_scale_arguments(p)
     return p
 
 
@@ -205,6 +206,100 @@ def _add_tiling_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--overwrite", action="store_true", help="replace existing output files (flag)")
 
 
+def _add_scale_arguments(p: argparse.ArgumentParser) -> None:
+    """Out-of-core restore (piddpm.restore.stream): chunks, resume, dask.distributed."""
+    s = p.add_argument_group(
+        "out-of-core (Zarr in and .zarr out, or --chunk): chunk by chunk into OME-Zarr, "
+        "bounded memory; docs/scale.md"
+    )
+    s.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="stream in output chunks of this side, pixels (default 1024 when streaming)",
+    )
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted streaming run into the existing OUT (flag)",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="run the chunks on a local dask.distributed cluster of N worker processes",
+    )
+    s.add_argument(
+        "--cluster",
+        default=None,
+        metavar="ADDRESS",
+        help="run the chunks on an existing dask.distributed scheduler (tcp://host:8786)",
+    )
+
+
+def _streams(args) -> bool:
+    """Whether this restore streams: Zarr in and .zarr out, --chunk, or a cluster option."""
+    from pathlib import Path
+
+    from piddpm.io import is_zarr_path
+
+    zarr_in = is_zarr_path(args.input) or Path(args.input).is_dir()
+    return bool(
+        (zarr_in and is_zarr_path(args.output)) or args.chunk or args.workers or args.cluster
+    )
+
+
+def _run_stream(args, microscope) -> int:
+    """The streaming branch of :func:`run` (:func:`piddpm.restore.stream.restore_to_zarr`)."""
+    import sys
+
+    from piddpm import PiddpmError
+    from piddpm.io import is_zarr_path
+    from piddpm.restore.stream import DEFAULT_CHUNK, restore_to_zarr
+
+    if not is_zarr_path(args.output):
+        raise PiddpmError(f"{args.output}: a streaming restore writes OME-Zarr; name it .zarr")
+    if args.uncertainty or args.residual:
+        raise PiddpmError(
+            "--uncertainty/--residual write separate files; a streaming restore cannot (use "
+            "piddpm.restore.stream.restore_to_zarr(residual=True), which writes OUT/residual)"
+        )
+    out = restore_to_zarr(
+        args.input,
+        args.output,
+        chunk=args.chunk or DEFAULT_CHUNK,
+        overlap=args.overlap,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        workers=args.workers,
+        cluster=args.cluster,
+        axes=args.axes,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        model=args.model or "widefield",
+        method=args.method,
+        psf=args.psf,
+        sampler=args.sampler,
+        steps=args.steps,
+        samples=args.samples,
+        eta=args.eta,
+        regulariser=args.regulariser,
+        lam=args.lam,
+        guidance=args.guidance,
+        tile=args.tile,
+        batch_size=args.batch,
+        seed=args.seed,
+        device=args.device,
+        microscope=microscope,
+        pixel_size_um=args.pixel_um,
+        resample=not args.no_resample,
+    )
+    import zarr
+
+    meta = dict(zarr.open_group(str(out), mode="r").attrs).get("piddpm", {})
+    print(_summary(meta, args.output) + f" in {meta.get('stream', {}).get('chunks')} chunks")
+    return 0
+
+
 def _check_outputs(args) -> None:
     """Fail before the (long) computation: output paths that exist, repeat the input or
     lie in a missing folder, and extra outputs the settings cannot give."""
@@ -223,7 +318,7 @@ def _check_outputs(args) -> None:
         if os.path.abspath(path) in seen:
             raise PiddpmError(f"{label} path {path} is the same as another input/output path")
         seen.add(os.path.abspath(path))
-        if Path(path).exists() and not args.overwrite:
+        if Path(path).exists() and not args.overwrite and not (args.resume and label == "output"):
             raise PiddpmError(f"{path}: already exists; pass --overwrite to replace it")
         parent = Path(path).parent
         if not parent.is_dir():
@@ -278,6 +373,12 @@ def run(args) -> int:
     if args.method in ("rl", "rl-3d") and args.model:
         warnings.warn(f"--method {args.method} uses no model: --model ignored", stacklevel=1)
     microscope = _microscope(args)
+    if _streams(args):
+        return _run_stream(args, microscope)
+    if args.resume:
+        raise PiddpmError(
+            "--resume continues a streaming restore: Zarr in and .zarr out, or --chunk"
+        )
     img = read_image(args.input, axes=args.axes)
     result = restore(
         img,
