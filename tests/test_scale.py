@@ -155,6 +155,9 @@ def test_output_refusals(tmp_path):
     src = write_zarr(tmp_path / "in.zarr", img, axes="YX")
     with pytest.raises(PiddpmError, match="is the input"):
         restore_to_zarr(src, src, resume=True, **RL)
+    with pytest.raises(PiddpmError, match="nothing to resume"):  # never replaced by resume
+        restore_to_zarr(img, src, resume=True, **RL)
+    assert read_image(src).data.shape == (64, 64)
     with pytest.raises(PiddpmError, match="does not exist"):
         restore_to_zarr(img, tmp_path / "no" / "o.zarr", **RL)
     with pytest.raises(PiddpmError, match="rl-3d"):

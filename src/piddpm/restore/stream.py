@@ -393,7 +393,7 @@ def restore_to_zarr(
         "settings": _settings(where, shape, axes, chunk, levels, kw),
     }
     state = stream_state(out) if out.exists() else {}
-    if state:
+    if out.exists():  # resume (_check_output refused anything else)
         _check_resumable(out, state, spec["settings"])
         if state.get("complete"):
             return out
@@ -559,7 +559,10 @@ def _settings(where, shape, axes, chunk, levels, kw) -> dict:
 def _check_resumable(out: Path, state: dict, settings: dict) -> None:
     old = state.get("settings")
     if old is None or "outputs" not in state:
-        raise PiddpmError(f"{out}: not a piddpm streaming store; choose a new output path")
+        raise PiddpmError(
+            f"{out}: not a started piddpm streaming store, nothing to resume; choose a new "
+            "output path or pass --overwrite"
+        )
     if old != settings:
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if "restore" in diff:

@@ -72,7 +72,6 @@ def create_store(out: Path, spec: dict, outputs: list[str]) -> None:
         ]
     n = spec["grid"]
     root.create_array(DONE_ARRAY, shape=n, dtype="uint8", chunks=(1, *n[1:]), fill_value=0)
-    root.attrs["piddpm_stream"] = {"complete": False, "settings": spec["settings"]}
 
 
 def stream_state(out: Path) -> dict:
