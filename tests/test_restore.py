@@ -526,15 +526,17 @@ def test_bf16_autocast_is_a_model_default_used_only_where_bf16_is_native(tmp_pat
     src = MODELS_DIR / "pi-ddpm-widefield"
     if not src.is_dir():
         pytest.skip("bundled pi-ddpm-widefield not installed")
-    dst = tmp_path / "pi-ddpm-widefield-bf16"
-    shutil.copytree(src, dst)
-    doc = read_model_doc(dst / "model.json")
-    doc["config"]["restore_defaults"]["autocast"] = True
-    write_model_doc(dst / "model.json", doc)
+    copies = {}
+    for autocast in (False, True):
+        dst = copies[autocast] = tmp_path / f"pi-ddpm-widefield-{autocast}"
+        shutil.copytree(src, dst)
+        doc = read_model_doc(dst / "model.json")
+        doc["config"]["restore_defaults"]["autocast"] = autocast
+        write_model_doc(dst / "model.json", doc)
     obs = np.random.default_rng(0).poisson(30.0, (48, 40)).astype(np.float32)
     kw = dict(steps=3, seed=1, progress=False, device="cpu")
-    ref = restore(obs, model="pi-ddpm-widefield", **kw)
-    res = restore(obs, model=str(dst), **kw)
+    ref = restore(obs, model=str(copies[False]), **kw)
+    res = restore(obs, model=str(copies[True]), **kw)
     assert ref.metadata["precision"] == "float32"
     native = bf16_is_fast("cpu")
     assert res.metadata["precision"] == ("bf16 autocast" if native else "float32")
