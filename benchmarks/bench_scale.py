@@ -1,7 +1,7 @@
 """Out-of-core restore (``piddpm.restore.stream``): peak memory and speed against image size.
 
 Run: ``python benchmarks/bench_scale.py [--sizes 1024 2048 4096] [--memory-sizes 1024 2048]
-[--method rl] [--steps 10] [--chunk 1024] [--workdir DIR]``
+[--method rl|unet] [--steps 10] [--chunk 1024] [--planes Z] [--workdir DIR]``
 
 For each size ``N`` a synthetic ``N x N`` uint16 plane (blurred beads with shot noise) is
 written to an OME-Zarr store chunk by chunk (never whole in memory), then restored in a
@@ -55,31 +55,39 @@ print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource
 """
 
 
-def make_input(path: Path, size: int, chunk: int = 1024, seed: int = 0) -> Path:
-    """A ``size x size`` uint16 OME-Zarr of blurred beads with Poisson noise, block by block."""
+def make_input(path: Path, size: int, chunk: int = 1024, seed: int = 0, planes: int = 0) -> Path:
+    """A ``size x size`` uint16 OME-Zarr of blurred beads with Poisson noise, block by block
+    (a ``planes x size x size`` ZYX stack when ``planes`` > 0)."""
     import zarr
     from scipy.ndimage import gaussian_filter
 
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
-    arr = root.create_array("0", shape=(size, size), dtype="uint16", chunks=(chunk, chunk))
+    lead = (planes,) if planes else ()
+    arr = root.create_array(
+        "0", shape=lead + (size, size), dtype="uint16", chunks=(1,) * len(lead) + (chunk, chunk)
+    )
     rng = np.random.default_rng(seed)
-    for y0 in range(0, size, chunk):
+    for idx, y0 in ((i, y) for i in np.ndindex(*lead) for y in range(0, size, chunk)):
         for x0 in range(0, size, chunk):
             h, w = min(chunk, size - y0), min(chunk, size - x0)
             block = np.zeros((h, w), np.float32)
             n = h * w // 300
             block[rng.integers(0, h, n), rng.integers(0, w, n)] = rng.uniform(200, 800, n)
             block = gaussian_filter(block, 1.6) * 20 + 100
-            arr[y0 : y0 + h, x0 : x0 + w] = rng.poisson(block).clip(0, 65535)
+            arr[idx + (slice(y0, y0 + h), slice(x0, x0 + w))] = rng.poisson(block).clip(0, 65535)
     root.attrs["multiscales"] = [
         {
             "version": "0.4",
             "axes": [
-                {"name": "y", "type": "space", "unit": "micrometer"},
-                {"name": "x", "type": "space", "unit": "micrometer"},
+                {"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"[-arr.ndim :]
             ],
             "datasets": [
-                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.1, 0.1]}]}
+                {
+                    "path": "0",
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": [0.3, 0.1, 0.1][-arr.ndim :]}
+                    ],
+                }
             ],
         }
     ]
@@ -102,6 +110,7 @@ def main(argv=None) -> None:
     ap.add_argument("--method", choices=["rl", "unet"], default="rl")
     ap.add_argument("--steps", type=int, default=10, help="RL iterations")
     ap.add_argument("--chunk", type=int, default=1024)
+    ap.add_argument("--planes", type=int, default=0, help="a Z stack of this many planes")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_scale_"))
@@ -109,8 +118,8 @@ def main(argv=None) -> None:
     print("| size | MPix | path | seconds | s/MPix | peak RSS (MB) |")
     print("|---:|---:|---|---:|---:|---:|")
     for size in sorted(set(args.sizes) | set(args.memory_sizes)):
-        src = make_input(work / f"in_{size}.zarr", size)
-        mpix = size * size / 1e6
+        src = make_input(work / f"in_{size}.zarr", size, planes=args.planes)
+        mpix = size * size * max(args.planes, 1) / 1e6
         paths = [
             p
             for p, sizes in (("stream", args.sizes), ("memory", args.memory_sizes))
@@ -120,7 +129,7 @@ def main(argv=None) -> None:
             out = work / f"out_{size}_{path}.zarr"
             r = measure(src, out, path, args.method, args.steps, args.chunk)
             print(
-                f"| {size} | {mpix:.1f} | {path} | {r['seconds']:.1f} | "
+                f"| {size}{f' x {args.planes}' if args.planes else ''} | {mpix:.1f} | {path} | {r['seconds']:.1f} | "
                 f"{r['seconds'] / mpix:.2f} | {r['peak_rss_mb']:.0f} |",
                 flush=True,
             )
