@@ -55,8 +55,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default=None,
-        help="bundled model name (see `piddpm models`) or a model folder / .safetensors file; "
-        "default: widefield (ignored by --method rl)",
+        help="bundled model name (see `piddpm models`), a model folder / .safetensors file, or "
+        "a BioImage Model Zoo .zip made by `piddpm export bmz`; default: widefield (ignored by "
+        "--method rl and rl-3d)",
     )
     p.add_argument(
         "--method",
