@@ -296,3 +296,17 @@ def test_random_tiny_unet_tiled_agrees_with_untiled_away_from_borders():
     s = axis_starts(192, 96, 48)
     at, elsewhere = _boundary_jumps(out, s, s, 96)
     assert at <= 1.5 * elsewhere
+
+
+def test_tensor_end_padding_equals_the_numpy_one():
+    """The tensor and NumPy end-padding helpers (piddpm.padding) pad identically."""
+    import torch
+
+    from piddpm.padding import pad_end_to_multiple, pad_tensor_end_to_multiple
+
+    x = np.random.default_rng(3).random((2, 1, 13, 21)).astype(np.float32)
+    for factor in (1, 4, 8):
+        a, size_a = pad_end_to_multiple(x, factor)
+        b, size_b = pad_tensor_end_to_multiple(torch.from_numpy(x), factor)
+        assert size_a == size_b == (13, 21)
+        np.testing.assert_array_equal(a, b.numpy())

@@ -19,6 +19,7 @@ __all__ = [
     "crop_padding",
     "crop_to",
     "pad_end_to_multiple",
+    "pad_tensor_end_to_multiple",
     "pad_to_multiple",
     "reflect_pad",
 ]
@@ -108,6 +109,21 @@ def pad_end_to_multiple(batch: np.ndarray, factor: int) -> tuple[np.ndarray, tup
         # a 1-pixel axis cannot be mirrored: replicate it instead
         out = np.pad(out, pad, mode="reflect" if length > 1 else "edge")
     return out, (h, w)
+
+
+def pad_tensor_end_to_multiple(
+    x: torch.Tensor, factor: int
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """:func:`pad_end_to_multiple` for a tensor ``(B, C, H, W)``: reflect padding at the
+    bottom/right (edge replication where the image is too small to mirror); returns the
+    padded tensor and the original ``(H, W)`` for :func:`crop_to`."""
+    h, w = x.shape[-2:]
+    factor = max(int(factor), 1)
+    ph, pw = (-h) % factor, (-w) % factor
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
 
 
 def crop_to(batch, size: tuple[int, int]):

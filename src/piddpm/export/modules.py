@@ -27,12 +27,10 @@ __all__ = ["BMZDiffusion", "BMZUNet"]
 
 def _padded_call(fn, x: torch.Tensor, factor: int) -> torch.Tensor:
     """``fn`` on ``x`` reflect-padded at the end to a multiple of ``factor``, cropped back."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % factor, (-w) % factor
-    if ph or pw:
-        mode = "reflect" if ph < h and pw < w else "replicate"
-        x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
-    return fn(x)[..., :h, :w]
+    from piddpm.padding import crop_to, pad_tensor_end_to_multiple
+
+    padded, size = pad_tensor_end_to_multiple(x, factor)
+    return crop_to(fn(padded), size)
 
 
 class BMZUNet(nn.Module):
