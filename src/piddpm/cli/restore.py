@@ -276,23 +276,7 @@ def _run_stream(args, microscope) -> int:
         cluster=args.cluster,
         axes=args.axes,
         progress=not args.no_progress and sys.stderr.isatty(),
-        model=args.model or "widefield",
-        method=args.method,
-        psf=args.psf,
-        sampler=args.sampler,
-        steps=args.steps,
-        samples=args.samples,
-        eta=args.eta,
-        regulariser=args.regulariser,
-        lam=args.lam,
-        guidance=args.guidance,
-        tile=args.tile,
-        batch_size=args.batch,
-        seed=args.seed,
-        device=args.device,
-        microscope=microscope,
-        pixel_size_um=args.pixel_um,
-        resample=not args.no_resample,
+        **_restore_options(args, microscope),
     )
     import zarr
 
@@ -352,6 +336,29 @@ def _microscope(args) -> dict | None:
     }
 
 
+def _restore_options(args, microscope: dict | None) -> dict:
+    """The ``restore()`` keywords that the in-memory and the streaming paths share."""
+    return dict(
+        model=args.model or "widefield",
+        method=args.method,
+        psf=args.psf,
+        sampler=args.sampler,
+        steps=args.steps,
+        samples=args.samples,
+        eta=args.eta,
+        regulariser=args.regulariser,
+        lam=args.lam,
+        guidance=args.guidance,
+        tile=args.tile,
+        batch_size=args.batch,
+        seed=args.seed,
+        device=args.device,
+        microscope=microscope,
+        pixel_size_um=args.pixel_um,
+        resample=not args.no_resample,
+    )
+
+
 def _summary(meta: dict, output: str) -> str:
     return (
         f"wrote {output} ({meta['method']}"
@@ -383,28 +390,12 @@ def run(args) -> int:
     img = read_image(args.input, axes=args.axes)
     result = restore(
         img,
-        model=args.model or "widefield",
-        method=args.method,
-        psf=args.psf,
-        sampler=args.sampler,
-        steps=args.steps,
-        samples=args.samples,
-        eta=args.eta,
-        regulariser=args.regulariser,
-        lam=args.lam,
-        guidance=args.guidance,
-        tile=args.tile,
         overlap=args.overlap,
-        batch_size=args.batch,
-        seed=args.seed,
-        device=args.device,
         progress=not args.no_progress and sys.stderr.isatty(),
-        microscope=microscope,
-        pixel_size_um=args.pixel_um,
         residual=bool(args.residual) if args.residual else None,
         name=str(args.input),
-        resample=not args.no_resample,
         z_step_um=args.z_step_um,
+        **_restore_options(args, microscope),
     )
     if args.residual and result.residual is None:
         raise PiddpmError(f"--residual {args.residual} needs a PSF (--psf or microscope options)")

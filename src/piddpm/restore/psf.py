@@ -10,7 +10,7 @@ from piddpm import PiddpmError
 from piddpm.optics.kernels import make_psf, psf_size_for
 from piddpm.restore.inputs import check_dtype
 
-__all__ = ["load_psf", "resolve_psf"]
+__all__ = ["load_psf", "microscope_options", "resolve_psf"]
 
 
 def load_psf(psf, where: str = "psf") -> tuple[np.ndarray, str]:
@@ -70,6 +70,20 @@ def load_psf(psf, where: str = "psf") -> tuple[np.ndarray, str]:
     return (arr / total).astype(np.float32), desc
 
 
+def microscope_options(microscope: dict, pixel_um, where: str) -> dict:
+    """The given microscope settings for :func:`~piddpm.optics.make_psf` (or ``make_psf_3d``):
+    ``None`` values dropped, the pixel size filled in (required), widefield by default."""
+    opts = {k: v for k, v in dict(microscope).items() if v is not None}
+    opts.setdefault("pixel_um", pixel_um)
+    if opts.get("pixel_um") is None:
+        raise PiddpmError(
+            f"{where}: the pixel size is unknown; a computed PSF needs --pixel-um "
+            "(micrometres per pixel in the sample)"
+        )
+    opts.setdefault("modality", "widefield")
+    return opts
+
+
 def resolve_psf(psf, microscope: dict | None, pixel_um, plane_shape, where: str):
     """The restore's PSF: ``psf`` when given (it wins over the microscope settings, which then
     only set the sampling plan), else computed from ``microscope``, else none.
@@ -84,15 +98,8 @@ def resolve_psf(psf, microscope: dict | None, pixel_um, plane_shape, where: str)
     if psf is not None:
         psf_np, psf_desc = load_psf(psf)
     elif microscope and any(microscope.get(k) is not None for k in ("na", "em_nm", "ex_nm")):
-        opts = {k: v for k, v in dict(microscope).items() if v is not None}
-        opts.setdefault("pixel_um", pixel_um)
-        if opts.get("pixel_um") is None:
-            raise PiddpmError(
-                f"{where}: the pixel size is unknown; a computed PSF needs --pixel-um "
-                "(micrometres per pixel in the sample)"
-            )
+        opts = microscope_options(microscope, pixel_um, where)
         pixel_um = float(opts["pixel_um"])
-        opts.setdefault("modality", "widefield")
         size_cap = min(height, width) - (1 - min(height, width) % 2)
         if opts.get("size") is None:
             from piddpm.optics import airy_unit_um

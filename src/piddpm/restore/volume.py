@@ -88,15 +88,9 @@ def _resolve_psf(psf, microscope, stack_shape, z_step, pixel_um, where):
             "(micrometres between planes) or a file that records it"
         )
     from piddpm.optics.kernels import make_psf_3d
+    from piddpm.restore.psf import microscope_options
 
-    opts = {k: v for k, v in dict(microscope).items() if v is not None}
-    opts.setdefault("pixel_um", pixel_um)
-    if opts.get("pixel_um") is None:
-        raise PiddpmError(
-            f"{where}: the pixel size is unknown; a computed PSF needs --pixel-um "
-            "(micrometres per pixel in the sample)"
-        )
-    opts.setdefault("modality", "widefield")
+    opts = microscope_options(microscope, pixel_um, where)
     z, h, w = stack_shape
     psf3 = make_psf_3d(**opts, z_step_um=z_step, max_planes=z)
     if psf3.shape[1] > min(h, w):  # a small field: the central part of the kernel
