@@ -62,7 +62,7 @@ def restore(
     axes: str | None = None,
     seed: int = 0,
     device: str = "auto",
-    progress: bool = True,
+    progress=True,
     *,
     microscope: dict | None = None,
     pixel_size_um: float | None = None,
@@ -113,8 +113,9 @@ def restore(
         Axes letters (``"ZYX"``, ``"TCYX"``); default the file's, else by dimensions.
     seed : int
         Seed of the sampling noise (same seed, settings and batch size: same result).
-    device, progress : str, bool
-        ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda:1"``, ...; a tqdm bar over tiles.
+    device, progress : str, bool or callable
+        ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda:1"``, ...; a tqdm bar over tiles,
+        or a callable given ``(tiles_done, tiles_total)`` after each batch (raising in it stops).
     microscope : dict, optional
         Compute the PSF when ``psf`` is not given (else only the sampling, for ``resample``):
         keys ``modality``, ``na``, ``em_nm``, ``ex_nm``, ``pinhole_au``, ``ri``, ``pixel_um``

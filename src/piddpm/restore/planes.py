@@ -20,7 +20,7 @@ def restore_planes(
     percentiles,
     tile: int,
     batch_size: int,
-    progress: bool,
+    progress,
     ranges=None,
     origin=None,
 ):
@@ -50,11 +50,14 @@ def restore_planes(
     res_out = np.empty_like(mean_out) if runner.with_residual else None
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         n_tiles = len(tile_positions(inp.plane_shape, tile, runner.overlap))
-        desc = f"restore ({runner.method})"
-        bar = tqdm(total=n_planes * n_tiles, unit="tile", desc=desc, leave=False)
+        if callable(progress):  # e.g. a GUI's progress bar; raising in it stops the restore
+            bar = _CallbackProgress(progress, n_planes * n_tiles)
+        else:
+            from tqdm.auto import tqdm
+
+            desc = f"restore ({runner.method})"
+            bar = tqdm(total=n_planes * n_tiles, unit="tile", desc=desc, leave=False)
     fixed = _fixed_ranges(ranges, n_planes, inp.where)
     p0, oy, ox = (0, 0, 0) if origin is None else (int(v) for v in origin)
     ranges: list[list[float]] = []
@@ -93,6 +96,22 @@ def restore_planes(
         if bar is not None:
             bar.close()
     return mean_out, std_out, res_out, ranges
+
+
+class _CallbackProgress:
+    """A tqdm-like counter that calls ``fn(tiles_done, tiles_total)`` at the start and after
+    each batch of tiles; an exception raised by ``fn`` propagates and ends the restore."""
+
+    def __init__(self, fn, total: int):
+        self.fn, self.total, self.done = fn, int(total), 0
+        fn(0, self.total)
+
+    def update(self, n: int) -> None:
+        self.done += int(n)
+        self.fn(self.done, self.total)
+
+    def close(self) -> None:
+        pass
 
 
 def _shifted(fn, oy: int, ox: int):
