@@ -86,6 +86,21 @@ class DataConfig(_Strict):
         "pinhole, pixel size, photons, background, read noise ranges as [lo, hi]); omitted "
         "fields keep the library defaults. `confocal_probability` follows `data.modality`.",
     )
+    microscope: dict[str, Any] | None = Field(
+        None,
+        description="One fixed microscope instead of the random ranges (fields of "
+        "`piddpm.data.FixedMicroscope`: modality, na, ri, em_wavelength_nm, ex_wavelength_nm, "
+        "pinhole_au, pixel_size_um, and `jitter` of `piddpm.data.MicroscopeJitter`: small "
+        "random NA, wavelength, pixel, defocus and aberration deviations). `data.ranges` then "
+        "sets only the camera ranges (photons, background_fraction, read_noise). What "
+        "`piddpm fit` trains with.",
+    )
+    psf_file: str | None = Field(
+        None,
+        description="A measured PSF (TIFF, 2-D or a 3-D stack whose brightest plane is used) "
+        "on the training pixel grid, used for every kernel (with a small random width "
+        "jitter) instead of computed PSFs. Needs `data.microscope` for the pixel size.",
+    )
     psf_size: int = Field(
         33,
         ge=3,
@@ -134,6 +149,28 @@ class DataConfig(_Strict):
         if value % 2 == 0:
             raise ValueError(f"must be odd so the PSF centre is a pixel (got {value})")
         return value
+
+    @model_validator(mode="after")
+    def _microscope_matches(self) -> DataConfig:
+        if self.microscope is None:
+            if self.psf_file is not None:
+                raise ValueError("data.psf_file needs data.microscope (its pixel size)")
+            return self
+        from piddpm.data.microscopes import FixedMicroscope
+
+        micro = FixedMicroscope(**self.microscope)
+        if micro.modality != self.modality:
+            raise ValueError(
+                f"data.microscope.modality {micro.modality!r} differs from data.modality "
+                f"{self.modality!r}; give the same modality"
+            )
+        owned = sorted(set(self.ranges) & set(micro.range_fields()))
+        if owned:
+            raise ValueError(
+                f"data.ranges keys {owned} are set by data.microscope; with a fixed "
+                "microscope data.ranges holds only the camera ranges"
+            )
+        return self
 
 
 class ScheduleConfig(_Strict):
@@ -333,6 +370,12 @@ class TrainConfig(_Strict):
         "short.",
     )
     seed: int = Field(0, description="Seed of the data stream, noise draws and initialisation.")
+    init_from: str | None = Field(
+        None,
+        description="Fine-tune: a trained model (bundled name, run folder or model.json) whose "
+        "weights initialise the network and its EMA at step 0 (not on --resume). Its method, "
+        "preset and overrides must equal this run's.",
+    )
     ema_decay: float = Field(
         0.999, ge=0, lt=1, description="Decay of the exponential moving average of the weights."
     )
@@ -544,6 +587,10 @@ def make_ranges(data_cfg: DataConfig):
     from piddpm.data import MicroscopeRanges
 
     kwargs = dict(data_cfg.ranges)
+    if data_cfg.microscope is not None:
+        from piddpm.data.microscopes import FixedMicroscope
+
+        kwargs.update(FixedMicroscope(**data_cfg.microscope).range_fields())
     known = _field_names(MicroscopeRanges)
     if known is not None:
         unknown = sorted(set(kwargs) - known)

@@ -22,6 +22,7 @@ COMMANDS = [
     "acquire",
     "simulate",
     "train",
+    "fit",
     "restore",
     "models",
     "export",

@@ -11,6 +11,8 @@ See ``docs/data.md``. The pieces::
 
 from piddpm.data.dataset import PairedDataset, normalisation_map, normalisation_note
 from piddpm.data.microscopes import (
+    FixedMicroscope,
+    MicroscopeJitter,
     MicroscopeParams,
     MicroscopeRanges,
     sample_microscope,
@@ -32,6 +34,8 @@ from piddpm.data.specimens import (
 __all__ = [
     "DEFAULT_MIXTURE",
     "SPECIMENS",
+    "FixedMicroscope",
+    "MicroscopeJitter",
     "MicroscopeParams",
     "MicroscopeRanges",
     "PSFBank",

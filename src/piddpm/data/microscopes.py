@@ -36,6 +36,8 @@ from piddpm import PiddpmError
 from piddpm.choices import Modality
 
 __all__ = [
+    "FixedMicroscope",
+    "MicroscopeJitter",
     "Modality",
     "MicroscopeParams",
     "MicroscopeRanges",
@@ -79,6 +81,9 @@ class MicroscopeRanges(BaseModel):
     """Pixel size as a multiple of the Nyquist pixel lambda_em / (4 NA)."""
     pixel_size_um_limits: Range = (0.02, 0.5)
     """Clamp of the pixel size (um)."""
+    pixel_size_um: Range | None = None
+    """Pixel size range (um), drawn uniformly instead of ``pixel_nyquist_factor`` (a fixed
+    camera, as ``data.microscope`` gives); None: the Nyquist-relative draw."""
     z_half_range_um: Range = (0.0, 1.0)
     """Half-range of the z planes averaged into the 2-D kernel (um); quantised to 0.125 um so
     that PSFs can be computed in batches sharing a z grid."""
@@ -103,6 +108,7 @@ class MicroscopeRanges(BaseModel):
         "pinhole_au",
         "pixel_nyquist_factor",
         "pixel_size_um_limits",
+        "pixel_size_um",
         "z_half_range_um",
         "aberration_rms_waves",
         "photons",
@@ -112,6 +118,8 @@ class MicroscopeRanges(BaseModel):
     )
     @classmethod
     def _ordered(cls, v, info):
+        if v is None and info.field_name == "pixel_size_um":
+            return v
         lo, hi = v
         if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
             raise ValueError(f"{info.field_name} = {v}: expected finite (lo, hi) with lo <= hi")
@@ -122,6 +130,7 @@ class MicroscopeRanges(BaseModel):
             "em_wavelength_nm",
             "pixel_nyquist_factor",
             "pixel_size_um_limits",
+            "pixel_size_um",
             "photons",
         }
         if info.field_name in positive and lo <= 0:
@@ -278,6 +287,8 @@ def sample_microscopes(
     pixel = np.clip(
         _u(rng, ranges.pixel_nyquist_factor, n) * nyquist_um, *ranges.pixel_size_um_limits
     )
+    if ranges.pixel_size_um is not None:  # a fixed camera (drawn after, so the
+        pixel = _u(rng, ranges.pixel_size_um, n)  # Nyquist draws keep their sequence)
     zq = 0.125
     z_half = np.round(_u(rng, ranges.z_half_range_um, n) / zq) * zq
     j0, j1 = ranges.aberration_noll
@@ -312,3 +323,92 @@ def sample_microscopes(
 def sample_microscope(ranges: MicroscopeRanges, rng: np.random.Generator) -> MicroscopeParams:
     """Draw one random microscope (``sample_microscopes(ranges, 1, rng)[0]``)."""
     return sample_microscopes(ranges, 1, rng)[0]
+
+
+class MicroscopeJitter(BaseModel):
+    """Small random deviations around a :class:`FixedMicroscope`, so that a model trained for
+    it stays robust when the real instrument is not exactly what was typed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    na_fraction: float = Field(0.02, ge=0.0, le=0.2)
+    """NA drawn uniformly in ``na * (1 +- na_fraction)`` (kept below the refractive index)."""
+    wavelength_nm: float = Field(10.0, ge=0.0, le=100.0)
+    """Emission (and excitation) wavelengths drawn in ``+- wavelength_nm``."""
+    pixel_fraction: float = Field(0.02, ge=0.0, le=0.2)
+    """Pixel size drawn in ``pixel_size_um * (1 +- pixel_fraction)`` (calibration error)."""
+    pinhole_fraction: float = Field(0.1, ge=0.0, le=0.5)
+    """Confocal pinhole drawn in ``pinhole_au * (1 +- pinhole_fraction)``."""
+    z_half_range_um: float = Field(0.3, ge=0.0, le=2.0)
+    """Specimen depth: the 2-D kernel averages z planes within +- U(0, this) um (defocus)."""
+    aberration_probability: float = Field(0.5, ge=0.0, le=1.0)
+    """Probability of random wavefront error on a kernel."""
+    aberration_rms_waves: float = Field(0.05, ge=0.0, le=0.2)
+    """Total rms (waves) of random Zernike terms Noll 4-11: defocus, astigmatism, coma,
+    trefoil and primary spherical aberration (0.05 waves: Strehl ~0.9)."""
+
+
+class FixedMicroscope(BaseModel):
+    """One known microscope (the user's), as an alternative to the random training ranges.
+
+    ``range_fields()`` turns it, with its :class:`MicroscopeJitter`, into
+    :class:`MicroscopeRanges` fields; the camera ranges (photons, background, read noise)
+    stay separate (``data.ranges``, or fitted from images by ``piddpm fit``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    modality: Modality
+    na: float = Field(gt=0.0, le=1.7)
+    """Numerical aperture of the objective."""
+    ri: float = Field(1.33, ge=1.0, le=1.8)
+    """Refractive index of the immersion medium (and of the mounted sample)."""
+    em_wavelength_nm: float = Field(gt=200.0, lt=2000.0)
+    """Emission wavelength (nm)."""
+    ex_wavelength_nm: float | None = Field(None, gt=200.0, lt=2000.0)
+    """Excitation wavelength (nm; confocal); None: 30 nm below the emission."""
+    pinhole_au: float = Field(1.0, gt=0.0, le=10.0)
+    """Confocal pinhole diameter (Airy units); unused for widefield."""
+    pixel_size_um: float = Field(gt=0.0, le=5.0)
+    """Pixel size in the sample plane (um)."""
+    jitter: MicroscopeJitter = Field(default_factory=MicroscopeJitter)
+
+    @model_validator(mode="after")
+    def _na_below_ri(self):
+        if self.na >= self.ri:
+            raise ValueError(f"na {self.na} must be below the refractive index ri {self.ri}")
+        return self
+
+    @property
+    def excitation_nm(self) -> float:
+        return self.ex_wavelength_nm if self.ex_wavelength_nm is not None else (
+            self.em_wavelength_nm - 30.0
+        )
+
+    def range_fields(self) -> dict:
+        """:class:`MicroscopeRanges` keyword arguments for this microscope and its jitter
+        (all but the camera ranges and ``confocal_probability``)."""
+        j = self.jitter
+        na = (self.na * (1 - j.na_fraction), min(self.na * (1 + j.na_fraction), self.ri - 1e-3))
+        em = (self.em_wavelength_nm - j.wavelength_nm, self.em_wavelength_nm + j.wavelength_nm)
+        ex = (self.excitation_nm - j.wavelength_nm, self.excitation_nm + j.wavelength_nm)
+        px = (self.pixel_size_um * (1 - j.pixel_fraction),
+              self.pixel_size_um * (1 + j.pixel_fraction))  # fmt: skip
+        # the pixel size relative to Nyquist, as restore compares it with an image's
+        nyquist = (px[0] / (em[1] * 1e-3 / (4 * na[0])), px[1] / (em[0] * 1e-3 / (4 * na[1])))
+        return {
+            "na": na,
+            "ri": self.ri,
+            "oil_probability": 0.0,
+            "ex_wavelength_nm": ex,
+            "em_wavelength_nm": em,
+            "pinhole_au": (self.pinhole_au * (1 - j.pinhole_fraction),
+                           self.pinhole_au * (1 + j.pinhole_fraction)),  # fmt: skip
+            "pixel_nyquist_factor": nyquist,
+            "pixel_size_um": px,
+            "pixel_size_um_limits": (min(0.02, px[0]), max(0.5, px[1])),
+            "z_half_range_um": (0.0, j.z_half_range_um),
+            "aberration_probability": j.aberration_probability,
+            "aberration_rms_waves": (0.0, j.aberration_rms_waves),
+            "aberration_noll": (4, 11),
+        }

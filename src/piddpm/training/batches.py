@@ -27,6 +27,13 @@ def make_dataset(
     kwargs: dict[str, Any] = dict(cfg.data.dataset_kwargs)
     if cfg.data.images_dir is not None:
         kwargs["images_dir"] = cfg.data.images_dir
+    if cfg.data.psf_file is not None:
+        from piddpm.data.measured_bank import MeasuredPSFBank
+
+        kwargs["bank"] = MeasuredPSFBank(
+            cfg.data.psf_file, make_ranges(cfg.data), n_kernels or cfg.data.n_kernels,
+            kernel_size=cfg.data.psf_size, seed=seed,
+        )  # fmt: skip
     try:
         return PairedDataset(
             size=size,

@@ -63,6 +63,30 @@ def build_network(cfg: TrainConfig) -> nn.Module:
     return build_unet(cfg.model.preset, **ch, **cfg.model.overrides)
 
 
+def load_initial_weights(net: nn.Module, cfg: TrainConfig) -> None:
+    """Copy the weights of the model ``cfg.init_from`` names into ``net`` (fine-tuning).
+
+    Raises
+    ------
+    PiddpmError
+        If the model cannot be found or read, or its method, preset or network overrides
+        differ from ``cfg`` (the message names the model and the differing values).
+    """
+    from piddpm.models import load_entry, resolve_model
+
+    entry = resolve_model(cfg.init_from)
+    mcfg = entry.config
+    mine = {"method": cfg.method, "preset": cfg.model.preset, "overrides": cfg.model.overrides}
+    theirs = {k: mcfg.get(k) for k in mine}
+    theirs["overrides"] = theirs["overrides"] or {}
+    diff = {k: (theirs[k], mine[k]) for k in mine if theirs[k] != mine[k]}
+    if diff:
+        detail = ", ".join(f"{k}: {a!r} (model) vs {b!r} (config)" for k, (a, b) in diff.items())
+        raise PiddpmError(f"init_from {cfg.init_from}: the network differs ({detail})")
+    source = load_entry(entry, device="cpu")
+    net.load_state_dict({k: v.detach().clone() for k, v in source.state_dict().items()})
+
+
 def build_schedule(cfg: TrainConfig | ScheduleConfig):
     """The noise schedule (:class:`piddpm.diffusion.Schedule`) of a schedule section, or the
     training schedule of a configuration."""

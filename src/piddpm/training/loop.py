@@ -30,7 +30,14 @@ from piddpm.training.checkpoints import (
     load_checkpoint,
     write_and_prune_checkpoint,
 )
-from piddpm.training.components import EMA, build_network, build_schedule, learning_rate, mix_seed
+from piddpm.training.components import (
+    EMA,
+    build_network,
+    build_schedule,
+    learning_rate,
+    load_initial_weights,
+    mix_seed,
+)
 from piddpm.training.distributed import (
     DistInfo,
     dist_from_env,
@@ -170,7 +177,12 @@ def _train(cfg, out: Path, resume: bool, dev, dist: DistInfo, progress: bool, st
         if step % cfg.log_every == 0 or step == total or timed_out:
             row = log.write(step, lr)
             if bar is not None and row is not None:
-                bar.set_postfix(loss=f"{row['loss']:.4g}", img_s=f"{log.images_per_s:.1f}")
+                left = {}
+                if cfg.max_time_s is not None:  # a time-boxed run ends by the clock
+                    secs = max(0, int(cfg.max_time_s - log.elapsed_s()))
+                    left = {"time_left": f"{secs // 60}:{secs % 60:02d}"}
+                bar.set_postfix(loss=f"{row['loss']:.4g}", img_s=f"{log.images_per_s:.1f}",
+                                **left)  # fmt: skip
         if bar is not None:
             bar.update(1)
 
@@ -224,6 +236,8 @@ def _build_state(cfg: TrainConfig, dev, dist: DistInfo, ckpts: list[Path]) -> _R
     np.random.seed(cfg.seed % 2**32)  # noqa: NPY002 (global state for third-party code)
     random.seed(cfg.seed)
     net = build_network(cfg).to(dev)
+    if cfg.init_from is not None and not ckpts:
+        load_initial_weights(net, cfg)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     ema = EMA(net, cfg.ema_decay, cfg.ema_warmup)

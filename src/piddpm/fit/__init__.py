@@ -1,0 +1,175 @@
+"""Fit a model to your microscope (``piddpm fit``): physics-matched fine-tuning.
+
+The user's images give the camera noise (:func:`piddpm.acquisition.estimate_noise`) and,
+with the microscope the user types (or a measured PSF), the simulation that generates
+training pairs for exactly that instrument (``data.microscope`` with a small jitter). The
+bundled diffusion model of that modality is fine-tuned on them within a time budget; the
+result is a normal run folder that ``piddpm restore --model RUN`` uses, with a card
+(``FIT_CARD.md``) that compares it with the starting model and Richardson-Lucy on held-out
+synthetic pairs of that microscope and shows the user's own image restored (docs/fit.md).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from piddpm import PiddpmError
+from piddpm.fit.plan import FitPlan, plan_fit, read_planes
+
+__all__ = ["FitResult", "FitPlan", "fit", "plan_fit", "read_planes"]
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns."""
+
+    out_dir: Path
+    plan: FitPlan
+    report: dict[str, Any]
+    interrupted: bool = False
+
+
+def _write_own_images(planes, out: Path, microscope, log) -> str:
+    """RL-sharpened crops of the user's planes as extra ``natural`` ground truth."""
+    import numpy as np
+
+    from piddpm.io import write_image
+    from piddpm.restore import restore
+
+    folder = out / "own-images"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, plane in enumerate(planes):
+        path = folder / f"plane{i:03d}.tif"
+        if path.exists():
+            continue
+        res = restore(plane.astype(np.float32), method="rl", microscope=microscope,
+                      pixel_size_um=microscope["pixel_um"], progress=False, residual=False)  # fmt: skip
+        write_image(path, np.asarray(res.mean, np.float32), axes="YX")
+    log(f"{len(planes)} RL-sharpened planes of your images are training ground truth ({folder})")
+    return str(folder)
+
+
+def _restore_microscope(plan: FitPlan) -> dict[str, Any]:
+    m = plan.microscope
+    return {"modality": m.modality, "na": m.na, "ri": m.ri, "em_nm": m.em_wavelength_nm,
+            "ex_nm": m.excitation_nm, "pinhole_au": m.pinhole_au,
+            "pixel_um": m.pixel_size_um}  # fmt: skip
+
+
+def _finalise_model(out: Path, plan: FitPlan, start_defaults: dict, steps: int) -> None:
+    """Make ``RUN/model.json`` a usable model: restore defaults and a description."""
+    from piddpm.fit.report import fitted_defaults
+    from piddpm.models.files import read_model_doc, write_model_doc
+
+    doc = read_model_doc(out / "model.json")
+    cfg = doc["config"]
+    m = plan.microscope
+    cfg["modality"] = m.modality
+    cfg["restore_defaults"] = fitted_defaults(start_defaults)
+    cfg["description"] = (
+        f"{plan.start_model} fine-tuned by piddpm fit for {m.modality} NA {m.na}, "
+        f"{m.em_wavelength_nm:g} nm, {m.pixel_size_um * 1e3:.0f} nm pixels ({steps} steps)"
+    )
+    write_model_doc(out / "model.json", doc)
+
+
+def fit(
+    images: list[str | Path],
+    *,
+    out_dir: str | Path,
+    minutes: float = 30.0,
+    resume: bool = False,
+    own_images: bool = False,
+    eval_n: int = 16,
+    device: str = "auto",
+    progress: bool = True,
+    log=print,
+    **microscope_and_noise: Any,
+) -> FitResult:
+    """Fine-tune a diffusion model for one microscope from images taken with it.
+
+    Parameters
+    ----------
+    images : list of path
+        The user's images (TIFF, OME-TIFF, PNG, OME-Zarr); their pixel size is used unless
+        ``pixel_um`` is given. They give the camera noise and the showcase restoration.
+    out_dir : path
+        The run folder (a normal training run: ``model.json``, ``model.safetensors``,
+        checkpoints, logs) plus ``fit.json``, ``FIT_CARD.md`` and ``showcase/``.
+    minutes : float
+        Wall-clock budget: :data:`piddpm.fit.plan.TRAIN_SHARE` of it trains, the rest
+        evaluates.
+    resume : bool
+        Continue an interrupted or finished fit in ``out_dir`` (another ``minutes``).
+    own_images : bool
+        Also use RL-sharpened copies of the user's planes as ``natural`` ground truth. Risk:
+        RL's noise and ringing become "truth" the model learns to reproduce; off by default.
+    eval_n : int
+        Held-out synthetic pairs for the card (0: none).
+    device, progress, log
+        Training device (``auto``: CUDA when present), a progress bar, a message sink.
+    **microscope_and_noise
+        :func:`piddpm.fit.plan.plan_fit` keywords: ``modality``, ``na``, ``em_nm``, ``ri``,
+        ``ex_nm``, ``pinhole_au``, ``pixel_um``, ``start`` (the model to fine-tune; default
+        the bundled PI-DDPM of the modality), ``seed``, ``offset`` (camera offset in ADU,
+        else fitted), ``psf_file`` (a measured PSF), ``noise_overrides`` (explicit
+        ``photons`` / ``background_fraction`` / ``read_noise`` ranges), ``jitter``, ``axes``.
+
+    Returns
+    -------
+    FitResult
+        On an interrupt (Ctrl-C) the newest checkpoint is exported as the model and
+        ``interrupted`` is True; no evaluation is run then.
+    """
+    from piddpm.fit.report import compare_on_heldout, restore_showcase, write_card
+    from piddpm.models import resolve_model
+    from piddpm.training import train
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise PiddpmError(f"{out}: already exists; pass --resume to continue that fit or "
+                          "choose another -o")  # fmt: skip
+    if own_images:
+        planes, _ = read_planes(images, microscope_and_noise.get("axes"))
+        pre = plan_fit(images, out_dir=out, minutes=minutes, **microscope_and_noise)
+        microscope_and_noise["own_images_dir"] = _write_own_images(
+            planes, out, _restore_microscope(pre), log
+        )
+    plan = plan_fit(images, out_dir=out, minutes=minutes, **microscope_and_noise)
+    noise = plan.ranges
+    log(f"camera noise: {plan.noise['fit']}")
+    log(f"simulating photons {noise['photons']}, background fraction "
+        f"{noise['background_fraction']}, read noise {noise['read_noise']} e-")  # fmt: skip
+    start = resolve_model(plan.start_model)
+    start_defaults = dict(start.config.get("restore_defaults") or {})
+    report: dict[str, Any] = {"plan": plan.as_dict()}
+    try:
+        result = train(plan.config, out_dir=out, resume=resume, device=device, progress=progress)
+    except KeyboardInterrupt:
+        from piddpm.models.bundle import export_weights
+
+        exported = export_weights(out, out, from_checkpoint=True)
+        _finalise_model(out, plan, start_defaults, exported["step"])
+        log(f"interrupted: exported the newest checkpoint (step {exported['step']}) as "
+            f"{out / 'model.safetensors'}; continue with --resume")  # fmt: skip
+        return FitResult(out, plan, report, interrupted=True)
+    train_s = time.perf_counter() - t0
+    _finalise_model(out, plan, start_defaults, result.step)
+    report["training"] = {"steps": result.step, "seconds": train_s,
+                          "device": str(next(result.ema.parameters()).device),
+                          "stopped_by_time_limit": result.stopped_by_time_limit}  # fmt: skip
+    if eval_n > 0:
+        log(f"held-out comparison on {eval_n} synthetic pairs of this microscope ...")
+        report["heldout"] = compare_on_heldout(out, start.config_path.parent, start_defaults, n=eval_n,
+                                               log=log)  # fmt: skip
+    log("restoring your image ...")
+    report["showcase"] = restore_showcase(plan.planes[0], out, start.config_path.parent, start_defaults,
+                                          _restore_microscope(plan), log=log)  # fmt: skip
+    report["total_seconds"] = time.perf_counter() - t0
+    card = write_card(out, report)
+    log(f"wrote {card} ({report['total_seconds'] / 60:.1f} min in all)")
+    return FitResult(out, plan, report)
