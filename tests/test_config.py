@@ -161,10 +161,13 @@ def test_the_example_configs_exist():
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_every_example_config_validates(path):
     cfg = load_config(path)
-    method, _, modality = path.stem.removeprefix("tiny-").removesuffix("-gpu").rpartition("-")
+    stem = path.stem.removeprefix("tiny-").removeprefix("fixed-").removesuffix("-gpu")
+    method, _, modality = stem.rpartition("-")
     assert cfg.method == method
     assert cfg.data.modality == modality
     if path.name.startswith("tiny-"):
         assert cfg.model.preset == "tiny"
+    if path.name.startswith("fixed-"):  # one microscope (data.microscope), fine-tuned
+        assert cfg.data.microscope is not None and cfg.init_from
     if path.stem.endswith("-gpu"):  # time-boxed runs: no decay for --max-time to cut short
         assert cfg.optimizer.lr_decay == "constant" and cfg.batch_reuse > 1
