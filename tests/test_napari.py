@@ -173,7 +173,7 @@ def test_psf_widget_adds_2d_and_3d_psf_layers(make_napari_viewer, notes):
     np.testing.assert_allclose(psf3.scale, (0.3, 0.1, 0.1))
 
 
-def test_sample_data_comes_through_the_manifest(make_napari_viewer):
+def test_sample_data_comes_through_the_manifest_and_restores(make_napari_viewer, qtbot, notes):
     viewer = make_napari_viewer()
     viewer.open_sample("piddpm", "demo")
     names = [lay.name for lay in viewer.layers]
@@ -181,3 +181,11 @@ def test_sample_data_comes_through_the_manifest(make_napari_viewer):
     wf = viewer.layers["demo widefield"]
     assert wf.data.shape == (256, 256) and wf.data.mean() > 10  # photons over the background
     np.testing.assert_allclose(wf.scale, (0.11, 0.11))
+    widget = RestoreWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.image.value, widget.method.value, widget.device.value = wf, "rl", "cpu"
+    assert widget.micro.pixel_um.value == pytest.approx(0.11)  # the sample's scale, in um
+    run(qtbot, widget)
+    out = viewer.layers["demo widefield rl"]
+    assert tuple(out.units) == tuple(wf.units) and str(wf.units[-1]) == "micrometer"
+    assert not notes["error"]

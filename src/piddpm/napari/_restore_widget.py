@@ -273,6 +273,7 @@ class RestoreWidget(widgets.Container):
         meta = res.metadata
         name = f"{layer.name} {meta['method']}"
         scale, translate = np.asarray(layer.scale), np.asarray(layer.translate, dtype=float)
+        units = getattr(layer, "units", None)  # napari >= 0.6; same units: same rendering
         if index is not None:  # one plane, placed where it was in the stack
             translate = translate.copy()
             translate[: len(index)] += np.asarray(index) * scale[: len(index)]
@@ -283,6 +284,8 @@ class RestoreWidget(widgets.Container):
             limits = _display_range(data, low)
             if limits is not None:
                 kw["contrast_limits"] = limits
+            if units is not None:
+                kw["units"] = units
             return self.viewer.add_image(data, name=name + suffix, scale=scale,
                                          translate=translate, metadata={"piddpm": meta},
                                          **kw)  # fmt: skip
