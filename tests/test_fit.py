@@ -119,8 +119,9 @@ def _write_images(tmp_path, n=2, size=64):
 
     rng = np.random.default_rng(0)
     paths = []
-    for i in range(n):
-        img = 100 + 2.0 * rng.poisson(20 + 30 * rng.random((size, size)))
+    ramp = np.linspace(0.0, 1.0, size)[None, :] * np.ones((size, 1))
+    for i in range(n):  # gain 2 ADU/e-, offset 100 ADU: 5 e- background, a ramp up to 55 e-
+        img = 100 + 2.0 * rng.poisson(5 + 50 * ramp ** (1 + i))
         p = tmp_path / f"img{i}.ome.tif"
         write_image(p, img.astype(np.float32), axes="YX", pixel_size_um=0.065)
         paths.append(p)
@@ -205,3 +206,20 @@ def test_fit_clear_errors(tmp_path, capsys):
                  str(tmp_path / "o"), "--photons", "20,200", "--background", "0,0.1",
                  "--read-noise", "1,2"]) != 0  # fmt: skip
     assert "below the refractive index" in capsys.readouterr().err
+
+
+def test_plan_fits_the_camera_noise_from_the_images(tmp_path):
+    """Without explicit ranges the camera model comes from the images (gain 2 ADU/e-,
+    offset 100 ADU, 5 e- background and a peak of 55 e- in the files _write_images makes)."""
+    from piddpm.fit import plan_fit
+
+    paths = _write_images(tmp_path, n=2, size=128)
+    plan = plan_fit(paths, modality="widefield", na=1.4, ri=1.518, em_nm=670,
+                    out_dir=tmp_path / "run", minutes=1)  # fmt: skip
+    fit = plan.noise["fit"]
+    assert abs(fit["gain"] - 2.0) < 0.2 and abs(fit["offset"] - 100) < 5
+    lo, hi = plan.ranges["photons"]
+    assert lo < 50 < hi and hi < 150  # the peak above the background, widened by the margin
+    assert plan.config.data.ranges["photons"] == [lo, hi]
+    assert plan.pixel_size_source.startswith("file") and plan.pixel_size_um == 0.065
+    assert plan.config.init_from == "pi-ddpm-widefield"

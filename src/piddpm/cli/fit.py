@@ -75,7 +75,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="also train on RL-sharpened copies of your images (risk: RL's noise "
                    "and ringing become ground truth; docs/fit.md)")  # fmt: skip
     p.add_argument("--axes", default=None, help="axes of the images (default: the files')")
-    p.add_argument("--eval-n", type=int, default=16, help="held-out pairs for the card")
+    p.add_argument("--eval-n", type=int, default=32, help="held-out pairs for the card")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

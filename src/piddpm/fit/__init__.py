@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from piddpm import PiddpmError
-from piddpm.fit.plan import FitPlan, plan_fit, read_planes
+from piddpm.fit.plan import FitPlan, noise_summary, plan_fit, read_planes
 
 __all__ = ["FitResult", "FitPlan", "fit", "plan_fit", "read_planes"]
 
@@ -83,7 +83,7 @@ def fit(
     minutes: float = 30.0,
     resume: bool = False,
     own_images: bool = False,
-    eval_n: int = 16,
+    eval_n: int = 32,
     device: str = "auto",
     progress: bool = True,
     log=print,
@@ -141,7 +141,7 @@ def fit(
         )
     plan = plan_fit(images, out_dir=out, minutes=minutes, **microscope_and_noise)
     noise = plan.ranges
-    log(f"camera noise: {plan.noise['fit']}")
+    log(f"camera noise: {noise_summary(plan.noise['fit'])}")
     log(f"simulating photons {noise['photons']}, background fraction "
         f"{noise['background_fraction']}, read noise {noise['read_noise']} e-")  # fmt: skip
     start = resolve_model(plan.start_model)

@@ -5,6 +5,7 @@ configuration (:func:`plan_fit`)."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,18 @@ def read_planes(paths: list[str | Path], axes: str | None = None):
             + "); fit one microscope at a time, or give --pixel-um"
         )
     return planes, (sizes[0][1] if sizes else None)
+
+
+def noise_summary(fit: dict | str) -> str:
+    """One line for a fitted :class:`piddpm.acquisition.NoiseFit` (``as_dict()``)."""
+    if not isinstance(fit, dict):
+        return str(fit)
+    given = " (given)" if fit.get("offset_given") else ""
+    return (
+        f"gain {fit['gain']:.4g} ADU/e- (+-{fit.get('gain_se', float('nan')):.2g}), offset "
+        f"{fit['offset']:.4g} ADU{given}, read noise {fit['read_noise_e']:.3g} e- rms, from "
+        f"{fit.get('n_bins', '?')} intensity bins of {fit.get('n_images', '?')} image(s)"
+    )
 
 
 def _noise(planes, offset, overrides: dict[str, Any]) -> tuple[dict, dict]:
@@ -186,7 +199,7 @@ def plan_fit(
         keep_checkpoints=2,
         log_every=10,
         out_dir=str(out_dir),
-        num_workers=0,
+        num_workers=1 if (os.cpu_count() or 1) >= 2 else 0,  # simulate beside training
         compile=False,
     )
     cfg = config_from_dict(cfg_dict, source="piddpm fit", check_libraries=False)

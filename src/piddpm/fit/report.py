@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from piddpm.fit.plan import noise_summary
 from piddpm.models.tuning import EVAL_SEED, restore_pairs, score, synthetic_pairs
 
 __all__ = ["compare_on_heldout", "restore_showcase", "write_card"]
@@ -157,7 +158,7 @@ def write_card(run_dir: Path, report: dict[str, Any]) -> Path:
         f"- Jitter in training: {m['jitter']}.",
         "",
         "## Camera noise (fitted from the images)",
-        f"- {report['plan']['noise']['fit']}",
+        f"- {noise_summary(report['plan']['noise']['fit'])}.",
         f"- Simulated: photons at the brightest pixel {noise['photons']}, background fraction "
         f"{noise['background_fraction']}, read noise {noise['read_noise']} e-.",
     ]
