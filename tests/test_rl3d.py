@@ -135,6 +135,21 @@ def test_restore_rl3d_per_stack_and_channels(tmp_path):
     np.testing.assert_allclose(res.mean[1], 2 * one + 5, rtol=1e-3, atol=1e-3 * one.max())
 
 
+def test_restore_rl3d_xy_chunks_from_tile_and_overlap(tmp_path):
+    """``tile`` is rl-3d's XY chunk side (``--tile`` on the command line): the chunked
+    stack equals the unchunked one (each chunk carries an ``overlap`` halo)."""
+    psf = _gauss_psf()
+    rng = np.random.default_rng(5)
+    stack = rng.poisson(_blurred(_beads((12, 64, 64)), psf, 20.0) * 10).astype(np.float32)
+    whole = restore(stack, method="rl-3d", psf=psf, steps=8, axes="ZYX", device="cpu").mean
+    res = restore(stack, method="rl-3d", psf=psf, steps=8, axes="ZYX", device="cpu",
+                  tile=24, overlap=psf.shape[1])  # fmt: skip
+    assert res.metadata["xy_chunks"] == 9  # 64 / 24 -> 3 x 3 chunks
+    np.testing.assert_allclose(res.mean, whole, rtol=0, atol=1e-4 * whole.max())
+    with pytest.raises(PiddpmError, match="tile \\(rl-3d XY chunk side\\) must be"):
+        restore(stack, method="rl-3d", psf=psf, steps=2, axes="ZYX", device="cpu", tile=8)
+
+
 def test_cli_rl3d_with_computed_psf(tmp_path):
     from piddpm.cli import main
 
@@ -148,6 +163,11 @@ def test_cli_rl3d_with_computed_psf(tmp_path):
             "--steps", "3", "-o", out, "--no-progress", "--device", "cpu"]  # fmt: skip
     assert main([str(a) for a in argv]) == 0
     assert tifffile.imread(out).shape == stack.shape
+    chunked = tmp_path / "chunked.tif"  # --tile / --overlap: XY chunks with a halo
+    argv[argv.index(out)] = chunked
+    assert main([str(a) for a in [*argv, "--tile", "16", "--overlap", "12"]]) == 0
+    np.testing.assert_allclose(tifffile.imread(chunked), tifffile.imread(out), rtol=0,
+                               atol=1e-4 * float(tifffile.imread(out).max()))  # fmt: skip
     psf_file = tmp_path / "psf3d.tif"  # a plain 3-D TIFF (axes "QYX") is a (Z, Y, X) PSF
     tifffile.imwrite(psf_file, _gauss_psf())
     argv = ["restore", src, "--axes", "ZYX", "--method", "rl-3d", "--psf", psf_file,

@@ -177,13 +177,15 @@ def _add_tiling_arguments(p: argparse.ArgumentParser) -> None:
         "--tile",
         type=int,
         default=None,
-        help="tile side, pixels (default: the model's measured setting, else 256)",
+        help="tile side, pixels (default: the model's measured setting, else 256); rl-3d: "
+        "side of the XY chunks a large stack is cut into (default: the whole stack)",
     )
     t.add_argument(
         "--overlap",
         type=int,
         default=None,
-        help="overlap between tiles, pixels (default: the model's setting, else 32)",
+        help="overlap between tiles, pixels (default: the model's setting, else 32); rl-3d: "
+        "halo of each XY chunk (default: the PSF's lateral size)",
     )
     t.add_argument("--batch", type=int, default=4, help="tiles per batch (count)")
     t.add_argument(

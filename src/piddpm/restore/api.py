@@ -88,7 +88,7 @@ def restore(
     method : {"pi-ddpm", "ddpm", "unet", "rl", "rl-3d"}, optional
         Default: the model's method (another one is refused). ``rl-3d``: 3-D Richardson-Lucy
         of each z-stack with a 3-D PSF (file, or computed from ``microscope`` and
-        ``z_step_um``); see :func:`piddpm.restore.volume.restore_volume`.
+        ``z_step_um``; ``tile``: XY chunk side); see :func:`piddpm.restore.volume.restore_volume`.
     psf : array ``(kh, kw)`` / ``(Z, kh, kw)`` or path, optional
         The PSF (any scale; renormalised to unit sum; 3-D: its brightest plane, except for
         ``rl-3d``). Needed by ``rl``/``rl-3d`` and by ``guidance="known"/"both"``.
@@ -158,7 +158,7 @@ def restore(
 
         vol = dict(microscope=microscope, z_step_um=z_step_um, steps=steps, axes=axes, name=name)
         vol.update(pixel_size_um=pixel_size_um, percentiles=percentiles, device=device)
-        return restore_volume(image, psf, **vol)
+        return restore_volume(image, psf, chunk_px=tile, overlap=overlap, **vol)
     inp = read_input(image, axes, name)
     samples, seed = check_int(samples, "samples", 1), check_int(seed, "seed")
     dflt = zip((tile, overlap), (DEFAULT_TILE, DEFAULT_OVERLAP), strict=True)

@@ -116,6 +116,7 @@ def restore_volume(
     max_voxels: int | None = None,
     overlap: int | None = None,
     name: str | None = None,
+    chunk_px: int | None = None,
 ) -> RestoreResult:
     """Restore z-stacks with 3-D Richardson-Lucy (``restore(..., method="rl-3d")``).
 
@@ -140,7 +141,13 @@ def restore_volume(
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"``, ...
     max_voxels, overlap : int, optional
-        XY chunking of large stacks (see :func:`piddpm.baselines.richardson_lucy_3d`).
+        XY chunking of large stacks (see :func:`piddpm.baselines.richardson_lucy_3d`):
+        the largest extended volume deconvolved at once, and the halo of each chunk in
+        pixels (default: the PSF's lateral size).
+    chunk_px : int, optional
+        XY chunks of at most this side (pixels, core without halo) instead of ``max_voxels``
+        (``piddpm restore --method rl-3d --tile N``). Each chunk carries its halo, so the
+        chunks join without seams (tests/test_rl3d.py compares with the unchunked result).
     name : str, optional
         How error messages name the image.
 
@@ -176,6 +183,8 @@ def restore_volume(
     z_step = _z_step(image, z_step_um, inp.where)
     pixel_um = pixel_size_um if pixel_size_um is not None else inp.file_pixel_um
     psf3, psf_desc = _resolve_psf(psf, microscope, stack_shape, z_step, pixel_um, inp.where)
+    if chunk_px is not None:
+        max_voxels = _chunk_voxels(chunk_px, overlap, stack_shape, psf3.shape, inp.where)
     out = np.empty(data.shape, np.float32)
     ranges, counts = [], []
     for idx in np.ndindex(*data.shape[:-3]):
@@ -192,9 +201,18 @@ def restore_volume(
         out[idx] = u * span + lo
     out = np.moveaxis(out, -3, zi)
     meta = _metadata(inp, lead_axes, psf_desc, psf3, steps, counts, perc, ranges, dev, z_step)
+    meta["xy_chunks"] = int(info["chunks"])
     if pixel_um is not None:
         meta["pixel_size_um"] = float(pixel_um)
     return RestoreResult(mean=as_input_kind(out, image, inp.kind), metadata=meta)
+
+
+def _chunk_voxels(chunk_px, overlap, stack_shape, psf_shape, where) -> int:
+    """The ``max_voxels`` whose XY chunks have a core of at most ``chunk_px`` pixels."""
+    chunk_px = check_int(chunk_px, "tile (rl-3d XY chunk side)", 16)
+    halo = max(psf_shape[1:]) if overlap is None else check_int(overlap, "overlap", 0)
+    depth = stack_shape[0] + psf_shape[0] - 1
+    return depth * (chunk_px + max(psf_shape[1:]) - 1 + 2 * halo) ** 2
 
 
 def _metadata(inp, lead_axes, psf_desc, psf3, steps, counts, perc, ranges, dev, z_step):
