@@ -23,6 +23,10 @@ sum); negative, NaN or infinite PSF values raise :class:`piddpm.PiddpmError`.
 Everything is pure torch, batched over ``(B, C, H, W)``, works on CPU and GPU, in float32
 and float64, and is differentiable (autograd flows through ``blur`` and ``blur_adjoint``
 to both the image and the PSF).
+
+The inverse question, which camera made a given image, is answered by
+:func:`estimate_noise` (gain, offset and read noise fitted to raw frames) and
+:func:`noise_ranges` (the simulation ranges they imply), in :mod:`.noise_fit`.
 """
 
 from __future__ import annotations
@@ -32,17 +36,21 @@ from typing import Literal
 import torch
 
 from piddpm import PiddpmError
+from piddpm.acquisition.noise_fit import NoiseFit, estimate_noise, noise_ranges
 
 __all__ = [
     "BlurBoundary",
     "Boundary",
     "BlurOperator",
+    "NoiseFit",
     "acquire",
     "add_noise",
     "bin_pixels",
     "blur",
     "blur_adjoint",
+    "estimate_noise",
     "fast_fft_size",
+    "noise_ranges",
 ]
 
 Boundary = Literal["zero", "periodic"]
