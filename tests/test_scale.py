@@ -162,8 +162,132 @@ def test_output_refusals(tmp_path):
         restore_to_zarr(img, tmp_path / "no" / "o.zarr", **RL)
     with pytest.raises(PiddpmError, match="rl-3d"):
         restore_to_zarr(img, tmp_path / "o.zarr", method="rl-3d")
-    with pytest.raises(PiddpmError, match="not in the OME-Zarr order"):
-        restore_to_zarr(np.zeros((2, 3, 64, 64)), tmp_path / "o.zarr", axes="ZCYX", **RL)
+    with pytest.raises(PiddpmError, match="cannot be written as OME-Zarr"):  # Q: no NGFF axis
+        restore_to_zarr(np.zeros((2, 64, 64)), tmp_path / "o.zarr", axes="QYX", **RL)
+    with pytest.raises(PiddpmError, match="colour"):
+        restore_to_zarr(np.zeros((64, 64, 3)), tmp_path / "o.zarr", axes="YXS", **RL)
+    with pytest.raises(PiddpmError, match="std .* is the output store"):
+        restore_to_zarr(img, tmp_path / "o.zarr", std_path=tmp_path / "o.zarr", **RL)
+    with pytest.raises(PiddpmError, match="samples 2 or more"):
+        restore_to_zarr(img, tmp_path / "o.zarr", std_path=tmp_path / "s.zarr", **RL)
+    with pytest.raises(PiddpmError, match="rl is deterministic"):
+        restore_to_zarr(img, tmp_path / "o.zarr", std_path=tmp_path / "s.zarr", samples=2, **RL)
+    with pytest.raises(PiddpmError, match="residual_path"):
+        restore_to_zarr(img, tmp_path / "o.zarr", residual=True, **RL)
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "s.zarr").exists()
+
+
+def test_std_and_residual_stores_equal_in_memory_and_resume(tmp_path):
+    """--uncertainty / --residual when streaming: each map is an OME-Zarr store of its own
+    (axes, scale, pyramid, provenance as the mean's), equal to the in-memory maps, and an
+    interrupted run resumes every output."""
+    img = specimen((192, 160), seed=7)
+    kw = dict(model="pi-ddpm-widefield", steps=2, samples=2, tile=128, overlap=32)
+    kw |= dict(batch_size=1, psf=gaussian_psf(), device="cpu", pixel_size_um=0.1)
+    with pytest.warns(UserWarning, match="no microscope"):
+        ref = restore(img, progress=False, residual=True, **kw)
+    out, std, res = (tmp_path / f"{n}.zarr" for n in ("o", "std", "res"))
+    stores = dict(std_path=std, residual_path=res)
+
+    def stop_after_one(done, total):
+        if done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.warns(UserWarning, match="no microscope"), pytest.raises(KeyboardInterrupt):
+        restore_to_zarr(img, out, chunk=96, progress=False, on_chunk=stop_after_one, **stores, **kw)
+    with pytest.raises(PiddpmError, match=r"other settings \(outputs, .*restore\.residual"):
+        restore_to_zarr(img, out, chunk=96, resume=True, std_path=std, **kw)
+    done = []
+    restore_to_zarr(
+        img, out, chunk=96, resume=True, progress=False, on_chunk=lambda d, t: done.append(d),
+        **stores, **kw,
+    )  # fmt: skip
+    assert done == [2, 3, 4]  # 2 x 2 chunks, the first one already there in every store
+    for path, want in ((out, ref.mean), (std, ref.std), (res, ref.residual)):
+        np.testing.assert_allclose(level0(path), want, rtol=0, atol=1e-5)
+        assert level0(path, "1").shape == (96, 80) and level0(path, "2").shape == (48, 40)
+    attrs = {p: dict(zarr.open_group(str(p), mode="r").attrs) for p in (out, std, res)}
+    assert attrs[std]["multiscales"][0]["datasets"] == attrs[out]["multiscales"][0]["datasets"]
+    assert attrs[std]["piddpm"]["content"].startswith("per-pixel std")
+    assert attrs[res]["piddpm"]["content"].startswith("data consistency")
+    assert attrs[std]["piddpm"]["normalisation"] == attrs[out]["piddpm"]["normalisation"]
+    assert set(attrs[out]["piddpm"]["stream"]["outputs"]) == {"mean", "std", "residual"}
+    assert attrs[std]["piddpm_stream"] == {"part_of": str(out), "output": "std", "complete": True}
+    assert read_image(std).axes == "YX" and read_image(res).pixel_size_um[1] == pytest.approx(0.1)
+    import shutil
+
+    shutil.rmtree(std)
+    with pytest.raises(PiddpmError, match="std .*store of .*o.zarr.*--overwrite"):
+        restore_to_zarr(img, out, chunk=96, resume=True, **stores, **kw)
+
+
+def test_cli_streams_uncertainty_and_residual_stores(tmp_path, capsys):
+    from piddpm.cli import main
+    from piddpm.io import write_tiff
+
+    img = specimen((96, 80), seed=8)
+    src = write_zarr(tmp_path / "in.zarr", img, axes="YX", pixel_size_um=(None, 0.1, 0.1))
+    psf = tmp_path / "psf.tif"
+    write_tiff(psf, gaussian_psf(), axes="YX")
+    rl = ["--method", "rl", "--psf", str(psf), "--tile", "64", "--overlap", "8", "--chunk", "48"]
+    run = ["restore", str(src), "-o", str(tmp_path / "o.zarr"), *rl, "--no-progress"]
+    assert main([*run, "--residual", str(tmp_path / "r.tif")]) == 2
+    assert "--residual " in capsys.readouterr().err and not (tmp_path / "o.zarr").exists()
+    assert main([*run, "--residual", str(tmp_path / "r.zarr")]) == 0
+    assert "also" in capsys.readouterr().out
+    ref = restore(read_image(src), progress=False, residual=True, **RL)
+    np.testing.assert_allclose(level0(tmp_path / "r.zarr"), ref.residual, rtol=0, atol=1e-5)
+    assert main([*run, "--residual", str(tmp_path / "r.zarr"), "--resume"]) == 0  # complete
+    assert main([*run, "--residual", str(tmp_path / "r.zarr")]) == 2  # exists
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_input_axes_in_another_order_are_read_lazily_and_written_tczyx(tmp_path):
+    """A ZCYX input (a plain Zarr array naming its axes) streams into a CZYX store equal to
+    the in-memory restore of the input, transposed; no read is larger than a region."""
+    stack = np.stack([[specimen((72, 64), seed=10 * z + c) for c in range(3)] for z in range(2)])
+    src = tmp_path / "zc.zarr"
+    arr = zarr.open_array(str(src), mode="w", shape=stack.shape, chunks=(1, 1, 32, 32),
+                          dtype="float32", zarr_format=2)  # fmt: skip
+    arr[...] = stack
+    arr.attrs["axes"] = "ZCYX"
+    ref = restore(stack, axes="ZCYX", progress=False, **RL)
+    out = restore_to_zarr(src, tmp_path / "o.zarr", chunk=32, progress=False, **RL)
+    np.testing.assert_allclose(level0(out), ref.mean.transpose(1, 0, 2, 3), rtol=0, atol=1e-5)
+    attrs = dict(zarr.open_group(str(out), mode="r").attrs)
+    assert [a["name"] for a in attrs["multiscales"][0]["axes"]] == ["c", "z", "y", "x"]
+    meta = attrs["piddpm"]
+    assert meta["input_axes"] == "ZCYX" and meta["axes"] == "CZYX"
+    assert "ZCYX written in the OME-Zarr order CZYX" in meta["stream"]["axis_order"]
+    assert read_image(out).axes == "CZYX"
+
+    class Recorder:  # an array that records the size of every read
+        shape, dtype, ndim = stack.shape, stack.dtype, stack.ndim
+        largest = 0
+
+        def __getitem__(self, index):
+            part = stack[index]
+            Recorder.largest = max(Recorder.largest, part.size)
+            return part
+
+    again = restore_to_zarr(Recorder(), tmp_path / "r.zarr", axes="ZCYX", chunk=32,
+                            progress=False, **RL)  # fmt: skip
+    np.testing.assert_array_equal(level0(again), level0(out))
+    assert Recorder.largest == 72 * 64  # one plane (the percentile pass), never the stack
+
+
+def test_transposed_diffusion_stack_keeps_each_planes_noise(tmp_path):
+    """Each plane's noise is addressed by its index in the input's own order, so a streamed
+    ZCYX stack equals the in-memory restore of the ZCYX stack (transposed), sample by sample."""
+    stack = np.stack([[specimen((64, 64), seed=10 * z + c) for c in range(2)] for z in range(2)])
+    kw = dict(model="pi-ddpm-widefield", steps=2, tile=64, overlap=16, batch_size=1)
+    kw |= dict(device="cpu", pixel_size_um=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the sampling assumed
+        ref = restore(stack, axes="ZCYX", progress=False, **kw)
+        out = restore_to_zarr(stack, tmp_path / "o.zarr", axes="ZCYX", chunk=64, progress=False,
+                              **kw)  # fmt: skip
+    np.testing.assert_allclose(level0(out), ref.mean.transpose(1, 0, 2, 3), rtol=0, atol=1e-5)
 
 
 def test_two_local_distributed_workers_give_the_same_output(tmp_path):

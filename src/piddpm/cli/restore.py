@@ -260,18 +260,21 @@ def _run_stream(args, microscope) -> int:
     from piddpm.io import is_zarr_path
     from piddpm.restore.stream import DEFAULT_CHUNK, restore_to_zarr
 
-    if not is_zarr_path(args.output):
-        raise PiddpmError(f"{args.output}: a streaming restore writes OME-Zarr; name it .zarr")
-    if args.uncertainty or args.residual:
-        raise PiddpmError(
-            "--uncertainty/--residual write separate files; a streaming restore cannot (use "
-            "piddpm.restore.stream.restore_to_zarr(residual=True), which writes OUT/residual)"
-        )
+    named = [
+        ("", args.output),
+        ("--uncertainty ", args.uncertainty),
+        ("--residual ", args.residual),
+    ]
+    for label, path in named:  # each output is an OME-Zarr store of its own
+        if path and not is_zarr_path(path):
+            raise PiddpmError(f"{label}{path}: a streaming restore writes OME-Zarr; name it .zarr")
     out = restore_to_zarr(
         args.input,
         args.output,
         chunk=args.chunk or DEFAULT_CHUNK,
         overlap=args.overlap,
+        std_path=args.uncertainty,
+        residual_path=args.residual,
         resume=args.resume,
         overwrite=args.overwrite,
         workers=args.workers,
@@ -283,7 +286,12 @@ def _run_stream(args, microscope) -> int:
     import zarr
 
     meta = dict(zarr.open_group(str(out), mode="r").attrs).get("piddpm", {})
-    print(_summary(meta, args.output) + f" in {meta.get('stream', {}).get('chunks')} chunks")
+    extra = ", ".join(str(p) for p in (args.uncertainty, args.residual) if p)
+    print(
+        _summary(meta, args.output)
+        + f" in {meta.get('stream', {}).get('chunks')} chunks"
+        + (f"; also {extra}" if extra else "")
+    )
     return 0
 
 
@@ -305,7 +313,7 @@ def _check_outputs(args) -> None:
         if os.path.abspath(path) in seen:
             raise PiddpmError(f"{label} path {path} is the same as another input/output path")
         seen.add(os.path.abspath(path))
-        if Path(path).exists() and not args.overwrite and not (args.resume and label == "output"):
+        if Path(path).exists() and not args.overwrite and not args.resume:  # resume: stream's check
             raise PiddpmError(f"{path}: already exists; pass --overwrite to replace it")
         parent = Path(path).parent
         if not parent.is_dir():

@@ -23,19 +23,23 @@ Chunked equals in-memory (to float round-off) because nothing a pixel depends on
 - **Diffusion noise** is addressed by position (:class:`piddpm.diffusion.noise.PlaneNoise`):
   each chunk passes ``origin=(plane, y0, x0)`` so its tiles draw the whole plane's noise.
 
+The input's T, C, Z axes may come in any order: it is read through a lazy ``TCZYX`` view
+(:mod:`piddpm.restore.stream_input`) and written in that order, as NGFF requires; each plane
+keeps the noise address of its index in the input, so the result is the in-memory restore of
+the input, transposed. The std and residual maps go to OME-Zarr stores of their own
+(:mod:`piddpm.restore.stream_outputs`), as the in-memory CLI writes them to their own files.
+
 Peak memory is one region (the chunk and at most one tile on each side) and what the
 restore of it needs, independent of the image size. Finished chunks are recorded in a marker
-array ``piddpm_done`` of the store (written after the chunk's data); ``resume=True`` skips
-them. ``workers=N`` runs the chunks on a local dask.distributed cluster of N processes,
+array ``piddpm_done`` of the mean's store (written after the chunk's data in every output);
+``resume=True`` skips them. ``workers=N`` runs the chunks on a local dask.distributed cluster of N processes,
 ``cluster=ADDRESS`` on an existing scheduler; each worker process loads the model once
 (:func:`piddpm.models.load_entry` caches it).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -43,14 +47,16 @@ from pathlib import Path
 import numpy as np
 
 from piddpm import PiddpmError
-from piddpm.restore.stream_store import (
-    DONE_ARRAY,
-    create_store,
-    done_marks,
-    set_attrs,
-    stream_state,
-    write_pyramid,
+from piddpm.restore.stream_input import open_lazy, plane_ranges, read_float, source_axes
+from piddpm.restore.stream_outputs import (
+    check_outputs,
+    check_resumable,
+    create_stores,
+    finish_stores,
+    provenance,
+    run_settings,
 )
+from piddpm.restore.stream_store import DONE_ARRAY, done_marks, stream_state
 
 __all__ = ["DEFAULT_CHUNK", "DEFAULT_LEVELS", "open_lazy", "plane_ranges", "restore_to_zarr"]
 
@@ -58,148 +64,6 @@ __all__ = ["DEFAULT_CHUNK", "DEFAULT_LEVELS", "open_lazy", "plane_ranges", "rest
 DEFAULT_CHUNK = 1024
 #: Pyramid levels written (level 0 plus 2x, 4x, ... down-sampled means).
 DEFAULT_LEVELS = 3
-OUTPUT_NOTES = {
-    "mean": "restored image (mean of the samples), input units",
-    "std": "per-pixel std of the posterior samples, input units",
-    "residual": "data consistency |A y - x| / (p_high - p_low) per plane, dimensionless",
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# input
-
-
-def open_lazy(source, axes: str | None = None):
-    """The image to stream, without reading its pixels.
-
-    Parameters
-    ----------
-    source : path, zarr.Array, dask array, NumPy array or torch tensor
-        An OME-Zarr group (level 0 is used), a Zarr array, an array; another image file
-        (TIFF, PNG) is read whole with :func:`piddpm.io.read_image`.
-    axes : str, optional
-        Axes letters; default the file's, else as :func:`piddpm.restore` guesses them.
-
-    Returns
-    -------
-    (array, axes, pixel_size_um, where)
-        ``array`` supports ``shape``, ``dtype`` and slicing; ``pixel_size_um`` is
-        ``(z, y, x)`` in micrometres (None where unknown).
-    """
-    from piddpm.restore.inputs import check_dtype, resolve_axes
-
-    ps: tuple = (None, None, None)
-    where = "image"
-    data = source
-    if isinstance(source, str | os.PathLike):
-        where = str(source)
-        path = Path(source)
-        if not path.exists():
-            raise PiddpmError(f"{path}: no such file or folder")
-        if path.is_dir() or str(path).endswith(".zarr"):
-            data, file_axes, ps = _open_zarr(path)
-            axes = axes or file_axes
-        else:
-            from piddpm.io import read_image
-
-            img = read_image(path, axes=axes)
-            data, axes, ps = img.data, axes or img.axes, tuple(img.pixel_size_um)
-    elif hasattr(source, "detach"):
-        data = source.detach().cpu().numpy()
-    if not hasattr(data, "shape") or not hasattr(data, "dtype"):
-        data = np.asarray(data)
-    check_dtype(data.dtype, where)
-    axes = resolve_axes(tuple(int(s) for s in data.shape), axes, where)
-    if axes[-2:] != "YX" or any(a not in "TCZYX" for a in axes):
-        raise PiddpmError(
-            f"{where}: axes {axes!r} cannot be written as OME-Zarr; expected letters from TCZYX "
-            "ending in YX (restore it in memory instead)"
-        )
-    order = [a for a in "TCZYX" if a in axes]
-    if list(axes) != order:
-        raise PiddpmError(
-            f"{where}: axes {axes!r} are not in the OME-Zarr order {''.join(order)!r}; "
-            "transpose the input first (e.g. dask.array.transpose)"
-        )
-    return data, axes, ps, where
-
-
-def _open_zarr(path: Path):
-    """Level 0 of an OME-Zarr group (or a plain Zarr array), its axes and pixel size."""
-    import zarr
-
-    from piddpm.io import _unit_scale
-
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as err:  # zarr raises several kinds
-        raise PiddpmError(f"{path}: not a readable Zarr store ({err})") from None
-    if isinstance(node, zarr.Array):
-        axes = node.attrs.get("axes")
-        return node, (axes if isinstance(axes, str) else None), (None, None, None)
-    attrs = dict(node.attrs)
-    multiscales = attrs.get("ome", attrs).get("multiscales")
-    if not multiscales:
-        raise PiddpmError(
-            f"{path}: Zarr group without OME 'multiscales' metadata; expected an OME-Zarr image"
-        )
-    ms, ps = multiscales[0], [None, None, None]
-    ds = ms["datasets"][0]
-    arr = node[ds["path"]]
-    names = [a["name"] if isinstance(a, dict) else str(a) for a in ms.get("axes", [])]
-    names = names or list("tczyx")[-arr.ndim :]
-    axes = "".join(n.upper() if n.upper() in "TCZYX" else "Q" for n in names)
-    units = [a.get("unit") if isinstance(a, dict) else None for a in ms.get("axes", [])]
-    scale = np.ones(len(names))
-    for tr in (ds.get("coordinateTransformations") or []) + (
-        ms.get("coordinateTransformations") or []
-    ):
-        if tr.get("type") == "scale":
-            scale = scale * np.asarray(tr["scale"], dtype=float)
-    for i, ax in enumerate("ZYX"):
-        if ax in axes:
-            j = axes.index(ax)
-            s = _unit_scale(units[j], path) if j < len(units) and units[j] else None
-            ps[i] = float(scale[j]) * s if s is not None else None
-    return arr, axes, tuple(ps)
-
-
-def _read(data, index) -> np.ndarray:
-    """``data[index]`` as float32 NumPy (Zarr, dask, NumPy alike)."""
-    part = data[index]
-    if hasattr(part, "compute"):
-        part = part.compute()
-    return np.asarray(part).astype(np.float32, copy=False)
-
-
-def plane_ranges(data, lead_shape, percentiles, where: str = "image", band_px: int = 1 << 24):
-    """Each plane's ``(lo, hi)`` over the whole plane, exactly as the in-memory restore.
-
-    The plane is read in bands of rows (about ``band_px`` pixels); up to
-    :data:`piddpm.normalisation.MAX_PERCENTILE_SAMPLES` pixels all values are kept, above it
-    the same every-k-th-pixel subsample that :func:`piddpm.normalisation.intensity_range`
-    takes of the flattened plane, so the result is identical and memory stays bounded.
-    """
-    from piddpm.normalisation import MAX_PERCENTILE_SAMPLES, intensity_range
-
-    height, width = (int(s) for s in data.shape[-2:])
-    n = height * width
-    k = 1 if n <= MAX_PERCENTILE_SAMPLES else int(np.ceil(n / MAX_PERCENTILE_SAMPLES))
-    rows = max(1, band_px // max(width, 1))
-    out = []
-    for idx in np.ndindex(*lead_shape):
-        parts = []
-        for r0 in range(0, height, rows):
-            band = _read(data, idx + (slice(r0, min(r0 + rows, height)), slice(None)))
-            if not np.isfinite(band).all():
-                raise PiddpmError(
-                    f"{where} contains NaN or infinite values (plane {idx}, rows {r0}-"
-                    f"{r0 + band.shape[0]}); replace them before restoring"
-                )
-            parts.append(band.reshape(-1)[(-(r0 * width)) % k :: k].copy())
-            del band
-        out.append(list(intensity_range(np.concatenate(parts), percentiles)))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,7 +129,7 @@ def _source(src):
         key = src[1:]
         if key not in _OPENED:
             _OPENED.clear()
-            _OPENED[key] = open_lazy(src[1], src[2])[0]
+            _OPENED[key] = open_lazy(src[1], src[2])[0]  # src[2]: the input's own axes
         return _OPENED[key]
     return src
 
@@ -277,7 +141,7 @@ def _run_chunk(task: dict) -> dict:
     data = _source(task["src"])
     (c0y, c1y, r0y, r1y), (c0x, c1x, r0x, r1x) = task["y"], task["x"]
     idx = tuple(task["idx"])
-    region = _read(data, idx + (slice(r0y, r1y), slice(r0x, r1x)))
+    region = read_float(data, idx + (slice(r0y, r1y), slice(r0x, r1x)))
     kw = dict(task["kwargs"])
     if task["steps"] is not None:
         kw["steps"] = task["steps"]
@@ -289,20 +153,19 @@ def _run_chunk(task: dict) -> dict:
             region,
             axes="YX",
             intensity_range=tuple(task["range"]),
-            origin=(task["p"], r0y, r0x),
+            origin=(task["noise_plane"], r0y, r0x),
             name=at,
             **kw,
         )
     del region
-    if task.get("out") is not None:
+    if task.get("outputs"):  # {name: store}; the probe chunk writes nothing
         import zarr
 
         keep = (slice(c0y - r0y, c1y - r0y), slice(c0x - r0x, c1x - r0x))
         dest = idx + (slice(c0y, c1y), slice(c0x, c1x))
-        for name in task["outputs"]:
+        for name, store in task["outputs"].items():
             arr = {"mean": res.mean, "std": res.std, "residual": res.residual}[name]
-            path = "0" if name == "mean" else f"{name}/0"
-            zarr.open_array(str(task["out"]), path=path, mode="r+")[dest] = arr[keep]
+            zarr.open_array(store, path="0", mode="r+")[dest] = arr[keep]
     outputs = ["mean"] + [n for n in ("std", "residual") if getattr(res, n) is not None]
     return {"metadata": res.metadata, "outputs": outputs}
 
@@ -317,6 +180,8 @@ def restore_to_zarr(
     *,
     chunk: int = DEFAULT_CHUNK,
     overlap: int | None = None,
+    std_path: str | os.PathLike | None = None,
+    residual_path: str | os.PathLike | None = None,
     resume: bool = False,
     overwrite: bool = False,
     workers: int | None = None,
@@ -332,21 +197,30 @@ def restore_to_zarr(
     Parameters
     ----------
     input : path, zarr.Array, dask array or NumPy array
-        The image (:func:`open_lazy`); an OME-Zarr / Zarr store is read chunk by chunk.
+        The image (:func:`open_lazy`); an OME-Zarr / Zarr store is read chunk by chunk. Its
+        T, C, Z axes may be in any order (``ZCYX``): the output has them in ``TCZYX`` order.
     output_path : str or path
         The output store (``.zarr``): NGFF 0.4, Zarr format 2, axes in ``TCZYX`` order; the
-        restored mean at ``0`` with ``levels - 1`` coarser levels (2 x 2 means), ``std/0``
-        and ``residual/0`` when made; the restore's metadata (provenance) under ``piddpm``.
+        restored mean at ``0`` with ``levels - 1`` coarser levels (2 x 2 means); the
+        restore's metadata (provenance) under ``piddpm``.
     chunk : int
         Output chunk side in pixels (the Zarr chunk; default 1024). Each chunk is restored
         with the tiles that reach into it (less than one tile more on each side).
     overlap : int, optional
         Tile overlap in pixels (as :func:`piddpm.restore`'s; default the model's).
+    std_path : str or path, optional
+        Also write the per-pixel std of the posterior samples (input units; needs
+        ``samples >= 2`` and a diffusion model) to this OME-Zarr store, laid out as the
+        output's (axes, scale, pyramid, provenance).
+    residual_path : str or path, optional
+        Also write the data-consistency map ``|A y - x| / (hi - lo)`` (needs a PSF) to this
+        OME-Zarr store, laid out as the output's.
     resume : bool
-        Continue an interrupted run into the same store: finished chunks are skipped (the
-        settings must be the same); the result equals an uninterrupted run's.
+        Continue an interrupted run into the same stores: finished chunks are skipped for
+        every output (the settings must be the same); the result equals an uninterrupted
+        run's.
     overwrite : bool
-        Replace an existing store (refused otherwise, unless ``resume``).
+        Replace existing stores (refused otherwise, unless ``resume``).
     workers : int, optional
         Run the chunks on a local dask.distributed cluster of this many worker processes.
     cluster : str, optional
@@ -359,12 +233,12 @@ def restore_to_zarr(
         A tqdm bar over chunks (with the estimated time left).
     on_chunk : callable, optional
         ``on_chunk(done, total)`` after each chunk is recorded (raising stops the run; the
-        store can then be resumed).
+        stores can then be resumed).
     **restore_kwargs
         Passed to :func:`piddpm.restore` for every chunk (``model``, ``method``, ``psf``,
-        ``steps``, ``seed``, ``tile``, ``microscope``, ``device``, ...). ``residual``
-        defaults to False; resampling into the model's pixel range is refused (it acts on
-        the whole plane).
+        ``steps``, ``samples``, ``seed``, ``tile``, ``microscope``, ``device``, ...). The
+        residual is made when ``residual_path`` is given; resampling into the model's pixel
+        range is refused (it acts on the whole plane).
 
     Returns
     -------
@@ -372,73 +246,92 @@ def restore_to_zarr(
         The output store.
     """
     data, axes, pixel_um, where = open_lazy(input, axes)
-    out = Path(output_path)
-    _check_output(out, input, resume, overwrite)
-    kw, pixel_um = _restore_settings(restore_kwargs, overlap, pixel_um, where)
+    paths = {"mean": Path(output_path)}
+    paths |= {n: Path(p) for n, p in (("std", std_path), ("residual", residual_path)) if p}
+    check_outputs(paths, input, resume, overwrite)
+    kw, pixel_um = _restore_settings(restore_kwargs, overlap, pixel_um, where, paths)
     shape = tuple(int(s) for s in data.shape)
-    lead = shape[:-2]
     entry, psf_np, perc = _model_and_psf(kw, shape[-2:], pixel_um, where)
+    _check_std(paths, kw, entry)
     tile, kw["overlap"], eff = _tiling(kw, entry, psf_np)
     kw["tile"] = tile
     chunk = _positive(chunk, "chunk")
-    levels = _positive(levels, "levels")
     ys, xs = (chunk_regions(n, chunk, tile, eff) for n in shape[-2:])
     spec = {
         "shape": shape,
         "axes": axes,
+        "input_axes": source_axes(data, axes),
         "pixel_um": pixel_um,
         "chunk": chunk,
-        "levels": levels,
-        "grid": (int(np.prod(lead)) if lead else 1, len(ys), len(xs)),
-        "settings": _settings(where, shape, axes, chunk, levels, kw),
+        "levels": _positive(levels, "levels"),
+        "grid": (int(np.prod(shape[:-2])), len(ys), len(xs)),
     }
-    state = stream_state(out) if out.exists() else {}
-    if out.exists():  # resume (_check_output refused anything else)
-        _check_resumable(out, state, spec["settings"])
+    spec["settings"] = run_settings(where, spec, kw, paths)
+    plan = (psf_np, perc, where)
+    return _stream(
+        input, data, paths, spec, kw, (ys, xs), plan, (workers, cluster, progress, on_chunk)
+    )
+
+
+def _stream(input, data, paths, spec, kw, regions, plan, run) -> Path:  # noqa: A002
+    """The run of :func:`restore_to_zarr` once its settings are checked: the whole-plane
+    ranges (or the state of a resumed run), the probe chunk and the stores, every chunk, the
+    pyramids."""
+    out, lead = paths["mean"], spec["shape"][:-2]
+    psf_np, perc, where = plan
+    workers, cluster, progress, on_chunk = run
+    if out.exists():  # resume (check_outputs refused anything else)
+        state = stream_state(out)
+        check_resumable(paths, state, spec["settings"])
         if state.get("complete"):
             return out
     else:
         state = {"ranges": plane_ranges(data, lead, perc, where)}
-        state["steps"] = _rl_steps(data, lead, state["ranges"], kw, psf_np, tile)
-    src = ("path", str(input), axes) if isinstance(input, str | os.PathLike) else data
-    tasks = _tasks(src, out, where, lead, ys, xs, state, kw)
-    if "outputs" not in state:  # a new store: the first chunk in this process tells its layout
-        first = dict(tasks[0], out=None, quiet=False)
-        info = _run_chunk(first)
-        meta = _check_probe(info["metadata"], kw, where)
-        state.update(outputs=info["outputs"])
-        create_store(out, spec, state["outputs"])
-        set_attrs(out, piddpm=_provenance(meta, state, spec, where, workers or cluster))
-        set_attrs(out, piddpm_stream=dict(state, complete=False, settings=spec["settings"]))
+        state["steps"] = _rl_steps(data, lead, state["ranges"], kw, psf_np, kw["tile"])
+    in_axes = spec["input_axes"]
+    src = ("path", str(input), in_axes) if isinstance(input, str | os.PathLike) else data
+    tasks = _tasks(src, where, spec, *regions, state, kw)
+    if "outputs" not in state:  # new stores: the first chunk, in this process, tells the metadata
+        info = _run_chunk(dict(tasks[0], outputs=None, quiet=False))
+        meta = _check_probe(info, kw, where, paths)
+        meta = provenance(meta, state, spec, where, workers or cluster, paths)
+        create_stores(paths, spec, meta, state)
+    stores = {n: str(p) for n, p in paths.items()}
     for t in tasks:
-        t["outputs"] = state["outputs"]
+        t["outputs"] = stores
     _run_all(out, tasks, spec["grid"], workers, cluster, progress, on_chunk)
-    write_pyramid(out, levels)
-    set_attrs(out, piddpm_stream=dict(state, complete=True, settings=spec["settings"]))
+    finish_stores(paths, spec, state)
     return out
 
 
-def _tasks(src, out, where, lead, ys, xs, state, kw) -> list[dict]:
-    """One task per (plane, chunk row, chunk column), in plane-major order."""
-    return [
-        dict(
-            src=src,
-            out=str(out),
-            where=where,
-            idx=idx,
-            p=p,
-            y=y,
-            x=x,
-            range=state["ranges"][p],
-            steps=state["steps"][p] if state["steps"] else None,
-            kwargs=kw,
-            key=(p, i, j),
-            quiet=True,
-        )
-        for p, idx in enumerate(np.ndindex(*lead))
-        for i, y in enumerate(ys)
-        for j, x in enumerate(xs)
-    ]
+def _tasks(src, where, spec, ys, xs, state, kw) -> list[dict]:
+    """One task per (plane, chunk row, chunk column), in plane-major (``TCZ``) order; each
+    plane's noise is addressed by its index in the input's own axis order."""
+    axes, in_axes = spec["axes"], spec["input_axes"]
+    lead = spec["shape"][:-2]
+    in_lead = tuple(lead[axes.index(a)] for a in in_axes[:-2])
+    tasks = []
+    for p, idx in enumerate(np.ndindex(*lead)):
+        in_idx = tuple(idx[axes.index(a)] for a in in_axes[:-2])
+        noise_plane = int(np.ravel_multi_index(in_idx, in_lead)) if lead else 0
+        for i, y in enumerate(ys):
+            for j, x in enumerate(xs):
+                tasks.append(
+                    dict(
+                        src=src,
+                        where=where,
+                        idx=idx,
+                        noise_plane=noise_plane,
+                        y=y,
+                        x=x,
+                        range=state["ranges"][p],
+                        steps=state["steps"][p] if state["steps"] else None,
+                        kwargs=kw,
+                        key=(p, i, j),
+                        quiet=True,
+                    )
+                )
+    return tasks
 
 
 def _positive(value, name: str) -> int:
@@ -447,26 +340,7 @@ def _positive(value, name: str) -> int:
     return int(value)
 
 
-def _check_output(out: Path, source, resume: bool, overwrite: bool) -> None:
-    """Refuse an output that is the input, lies in a missing folder, or exists (unless
-    ``resume`` continues it or ``overwrite`` replaces it)."""
-    if isinstance(source, str | os.PathLike) and os.path.abspath(source) == os.path.abspath(out):
-        raise PiddpmError(f"{out}: the output store is the input; choose another path")
-    if not out.parent.is_dir():
-        raise PiddpmError(f"{out}: the folder {out.parent} does not exist; create it first")
-    if not out.exists() or resume:
-        return
-    if not overwrite:
-        raise PiddpmError(
-            f"{out}: already exists; pass --resume to continue it or --overwrite to replace it"
-        )
-    if out.is_dir() and (out / ".zgroup").exists():
-        shutil.rmtree(out)
-    else:
-        raise PiddpmError(f"{out}: exists and is not a Zarr store; remove it yourself")
-
-
-def _restore_settings(kwargs: dict, overlap, pixel_um, where: str) -> tuple[dict, tuple]:
+def _restore_settings(kwargs: dict, overlap, pixel_um, where: str, paths) -> tuple[dict, tuple]:
     """The keyword arguments every chunk's restore gets, and the pixel size ``(z, y, x)``."""
     from piddpm.resample import check_pixel_size, file_pixel_size
 
@@ -476,8 +350,11 @@ def _restore_settings(kwargs: dict, overlap, pixel_um, where: str) -> tuple[dict
         raise PiddpmError(f"restore_to_zarr sets {', '.join(sorted(bad))} itself; do not pass it")
     if kwargs.get("method") == "rl-3d":
         raise PiddpmError("method rl-3d deconvolves whole stacks in 3-D; it cannot be streamed")
-    kw = dict(kwargs, progress=False)
-    kw.setdefault("residual", False)
+    if kwargs.get("residual") and "residual" not in paths:
+        raise PiddpmError(
+            "residual=True needs residual_path= (the OME-Zarr store of the residual map)"
+        )
+    kw = dict(kwargs, progress=False, residual="residual" in paths)
     if overlap is not None:
         kw["overlap"] = overlap
     given = kw.get("pixel_size_um")
@@ -523,58 +400,31 @@ def _rl_steps(data, lead, ranges, kw, psf_np, tile) -> list[int] | None:
     steps = []
     for p, idx in enumerate(np.ndindex(*lead)):
         lo, hi = ranges[p]
-        crop = _read(data, idx + (slice(y0, y0 + th), slice(x0, x0 + tw)))
+        crop = read_float(data, idx + (slice(y0, y0 + th), slice(x0, x0 + tw)))
         steps.append(int(rl_iterations(np.clip((crop - lo) / (hi - lo), 0, None), psf_np, tile)))
     return steps
 
 
-def _jsonable(value):
-    if isinstance(value, str | int | float | bool | type(None)):
-        return value
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return str(value)
-    if hasattr(value, "shape"):  # an array (a PSF): its digest
-        import hashlib
-
-        arr = np.ascontiguousarray(np.asarray(value, dtype=np.float64))
-        return f"array {arr.shape} sha1 {hashlib.sha1(arr.tobytes()).hexdigest()[:16]}"
-    return str(value)
-
-
-def _settings(where, shape, axes, chunk, levels, kw) -> dict:
-    skip = {"progress", "device", "batch_size"}  # do not change the result
-    restore = {k: _jsonable(v) for k, v in sorted(kw.items()) if k not in skip}
-    return json.loads(
-        json.dumps(
-            {"input": where, "shape": list(shape), "axes": axes, "chunk": chunk, "levels": levels}
-            | {"restore": restore}
-        )
-    )
-
-
-def _check_resumable(out: Path, state: dict, settings: dict) -> None:
-    old = state.get("settings")
-    if old is None or "outputs" not in state:
+def _check_std(paths: dict, kw: dict, entry) -> None:
+    """Refuse a std output the settings cannot give, before the whole-plane pass."""
+    if "std" not in paths:
+        return
+    samples = kw.get("samples") or 1
+    if samples < 2:
         raise PiddpmError(
-            f"{out}: not a started piddpm streaming store, nothing to resume; choose a new "
-            "output path or pass --overwrite"
+            f"std_path (--uncertainty) {paths['std']} needs samples 2 or more (got {samples}): "
+            "the std of one sample is undefined"
         )
-    if old != settings:
-        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if "restore" in diff:
-            r0, r1 = old.get("restore", {}), settings["restore"]
-            diff += [f"restore.{k}" for k in sorted(set(r0) | set(r1)) if r0.get(k) != r1.get(k)]
+    method = "rl" if entry is None else entry.method
+    if method in ("rl", "unet"):
         raise PiddpmError(
-            f"{out}: was started with other settings ({', '.join(diff)}); resume with the same "
-            "ones or write a new store"
+            f"std_path (--uncertainty) needs a diffusion method; {method} is deterministic"
         )
 
 
-def _check_probe(meta: dict, kw: dict, where: str) -> dict:
+def _check_probe(info: dict, kw: dict, where: str, paths: dict) -> dict:
+    """The probe chunk's metadata, checked: no resampling, the planned tiles, every output."""
+    meta = info["metadata"]
     if (meta.get("sampling") or {}).get("resampled"):
         raise PiddpmError(
             f"{where}: this plane would be resampled into the model's pixel-size range, which "
@@ -585,36 +435,9 @@ def _check_probe(meta: dict, kw: dict, where: str) -> dict:
             f"internal: the chunks were restored with tile/overlap {meta.get('tile')}/"
             f"{meta.get('overlap')}, planned {kw['tile']}/{kw['overlap']}"
         )
-    return meta
-
-
-def _provenance(meta: dict, state: dict, spec: dict, where: str, executor) -> dict:
-    """The restore's metadata, with the whole-plane ranges, RL counts and the chunking."""
-    from piddpm.baselines import RL_MAX_ITER, RL_TAU
-
-    meta = json.loads(json.dumps(meta, default=str))
-    ranges = state["ranges"]
-    norm = meta.setdefault("normalisation", {})
-    norm["ranges"] = ranges if len(ranges) <= 64 else ranges[:64] + ["..."]
-    norm["scope"] = "whole plane (exact percentiles, the in-memory rule), not per chunk"
-    steps = state.get("steps")
-    if steps:
-        meta["steps"] = steps[0] if len(set(steps)) == 1 else steps[:64]
-        meta["rl_iterations"] = steps[:64]
-        meta["rl_iteration_rule"] = (
-            "per plane: discrepancy principle on the central tile of the whole plane (stop when "
-            f"the rms residual |A u - x| reaches {RL_TAU} x the Immerkaer noise estimate; at "
-            f"most {RL_MAX_ITER})"
-        )
-    meta.update(input=where, content=OUTPUT_NOTES["mean"])
-    meta["stream"] = {
-        "chunk": spec["chunk"],
-        "chunks": int(np.prod(spec["grid"])),
-        "pyramid_levels": spec["levels"],
-        "region": "each chunk restored with the plane's tiles that reach into it",
-        "executor": str(executor) if executor else "in process",
-        "outputs": {n: OUTPUT_NOTES[n] for n in state["outputs"]},
-    }
+    missing = sorted(set(paths) - set(info["outputs"]))
+    if missing:  # pragma: no cover - _check_std and restore() refuse these first
+        raise PiddpmError(f"{where}: this restore makes no {', '.join(missing)} output")
     return meta
 
 

@@ -1,6 +1,6 @@
-"""The output store of :mod:`piddpm.restore.stream`: an OME-Zarr (NGFF 0.4, Zarr format 2)
-group with the restored mean and its pyramid, optional ``std`` / ``residual`` images, the
-provenance, and the record of finished chunks."""
+"""An output store of :mod:`piddpm.restore.stream`: an OME-Zarr (NGFF 0.4, Zarr format 2)
+group with one image (the restored mean, or the std or residual map) and its pyramid, the
+provenance, and (in the mean's store) the record of finished chunks."""
 
 from __future__ import annotations
 
@@ -53,25 +53,22 @@ def _level_shapes(shape, levels: int) -> list[tuple[int, ...]]:
     return out
 
 
-def create_store(out: Path, spec: dict, outputs: list[str]) -> None:
-    """The output group, its (empty) arrays and the marker array, written in place."""
+def create_store(out: Path, spec: dict, record: bool = True) -> None:
+    """One output's group and its (empty) pyramid arrays, written in place; with ``record``
+    also the marker array of finished chunks."""
     import zarr
 
     root = zarr.open_group(str(out), mode="w", zarr_format=2)
     chunks = (1,) * (len(spec["shape"]) - 2) + (spec["chunk"], spec["chunk"])
-    for name in outputs:
-        group = root if name == "mean" else root.create_group(name)
-        levels = spec["levels"] if name == "mean" else 1
-        for level, shape in enumerate(_level_shapes(spec["shape"], levels)):
-            ch = tuple(min(c, s) for c, s in zip(chunks, shape, strict=True))
-            group.create_array(
-                str(level), shape=shape, dtype="float32", chunks=ch, fill_value=np.nan
-            )
-        group.attrs["multiscales"] = [
-            _multiscales(f"{out.stem}:{name}", spec["axes"], spec["pixel_um"], levels)
-        ]
-    n = spec["grid"]
-    root.create_array(DONE_ARRAY, shape=n, dtype="uint8", chunks=(1, *n[1:]), fill_value=0)
+    for level, shape in enumerate(_level_shapes(spec["shape"], spec["levels"])):
+        ch = tuple(min(c, s) for c, s in zip(chunks, shape, strict=True))
+        root.create_array(str(level), shape=shape, dtype="float32", chunks=ch, fill_value=np.nan)
+    root.attrs["multiscales"] = [
+        _multiscales(out.stem, spec["axes"], spec["pixel_um"], spec["levels"])
+    ]
+    if record:
+        n = spec["grid"]
+        root.create_array(DONE_ARRAY, shape=n, dtype="uint8", chunks=(1, *n[1:]), fill_value=0)
 
 
 def stream_state(out: Path) -> dict:
