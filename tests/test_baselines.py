@@ -251,3 +251,21 @@ def test_fixed_iterations_batch_with_per_sample_psfs_equals_single_planes():
         for c in range(2):
             ub = richardson_lucy(data[b, c], psf[b, 0], 10, background=0.1)
             torch.testing.assert_close(u[b, c], ub, rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_beads_on_a_zero_background_stay_non_negative():
+    """Regression: on a plane whose background is exactly 0 after normalisation (an 8-bit
+    bead field with a flat floor), FFT round-off made RL estimates -1e-16, which the
+    automatic stopping rule then refused as an ``init``."""
+    from piddpm.baselines.stopping import rl_iterations
+
+    yy, xx = np.mgrid[0:96, 0:96]
+    plane = np.zeros((96, 96), np.float32)
+    for cy, cx in ((20, 30), (60, 70), (75, 15)):
+        plane += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.5**2)).astype(np.float32)
+    plane[plane < 0.05] = 0.0  # most pixels exactly 0
+    psf = np.exp(-((yy[:15, :15] - 7) ** 2 + (xx[:15, :15] - 7) ** 2) / (2 * 1.2**2))
+    psf = (psf / psf.sum()).astype(np.float32)
+    u = richardson_lucy(plane, psf, 5)
+    assert u.min() >= 0.0
+    assert 1 <= rl_iterations(plane, psf, 64) <= 200

@@ -164,6 +164,9 @@ def richardson_lucy(
     else:
         state = dict(auto=auto, rtol=rtol, tv_weight=tv_weight, eps=eps, boundary=boundary)
         u, info = _iterate_with_rules(y, u, op, b, inv_sens, max_iter, state, return_info)
+    # FFT round-off leaves values like -1e-16 where the data are 0 (a clipped background);
+    # the RL estimate is non-negative, and an estimate passed back as `init` must be too
+    u = u.clamp_min(0)
     out = u[0, 0] if was2d else u
     if is_numpy:
         out = out.cpu().numpy()
