@@ -160,6 +160,11 @@ def test_fit_end_to_end_and_resume(tmp_path, monkeypatch):
             em_nm=670, noise_overrides={"photons": (20, 200), "background_fraction": (0, 0.1),
                                         "read_noise": (1, 2)})  # fmt: skip
     steps_before = report["training"]["steps"]
+    # --report-only measures the model in the folder again, without training
+    (out / "FIT_CARD.md").unlink()
+    assert main([*args, "--report-only"]) == 0
+    assert json.loads((out / "fit.json").read_text())["training"]["steps"] == steps_before
+    assert (out / "FIT_CARD.md").is_file()
     assert main([*args, "--resume"]) == 0
     assert json.loads((out / "fit.json").read_text())["training"]["steps"] > steps_before
 

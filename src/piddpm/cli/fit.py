@@ -63,6 +63,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=30.0,
                    help="wall-clock budget (85 %% training, the rest evaluation)")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue the fit in --out")
+    p.add_argument("--report-only", action="store_true",
+                   help="no training: measure and write the card of the model in --out")  # fmt: skip
     p.add_argument("--offset", type=float, default=None,
                    help="camera offset (ADU) if known; default: fitted")  # fmt: skip
     p.add_argument("--photons", type=_range, default=None, metavar="LO,HI",
@@ -102,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out,
         minutes=args.minutes,
         resume=args.resume,
+        report_only=args.report_only,
         own_images=args.own_images,
         eval_n=args.eval_n,
         device=args.device,

@@ -84,6 +84,7 @@ def fit(
     resume: bool = False,
     own_images: bool = False,
     eval_n: int = 32,
+    report_only: bool = False,
     device: str = "auto",
     progress: bool = True,
     log=print,
@@ -109,6 +110,8 @@ def fit(
         RL's noise and ringing become "truth" the model learns to reproduce; off by default.
     eval_n : int
         Held-out synthetic pairs for the card (0: none).
+    report_only : bool
+        No training: measure and write the card of the model already in ``out_dir``.
     device, progress, log
         Training device (``auto``: CUDA when present), a progress bar, a message sink.
     **microscope_and_noise
@@ -124,13 +127,14 @@ def fit(
         On an interrupt (Ctrl-C) the newest checkpoint is exported as the model and
         ``interrupted`` is True; no evaluation is run then.
     """
-    from piddpm.fit.report import compare_on_heldout, restore_showcase, write_card
     from piddpm.models import resolve_model
     from piddpm.training import train
 
     t0 = time.perf_counter()
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not resume:
+    if report_only and not (out / "model.json").is_file():
+        raise PiddpmError(f"{out}: no model.json to report on; run the fit first")
+    if out.exists() and any(out.iterdir()) and not (resume or report_only):
         raise PiddpmError(f"{out}: already exists; pass --resume to continue that fit or "
                           "choose another -o")  # fmt: skip
     if own_images:
@@ -147,6 +151,8 @@ def fit(
     start = resolve_model(plan.start_model)
     start_defaults = dict(start.config.get("restore_defaults") or {})
     report: dict[str, Any] = {"plan": plan.as_dict()}
+    if report_only:
+        return _report(out, plan, start, start_defaults, report, eval_n, t0, log)
     try:
         result = train(plan.config, out_dir=out, resume=resume, device=device, progress=progress)
     except KeyboardInterrupt:
@@ -162,13 +168,32 @@ def fit(
     report["training"] = {"steps": result.step, "seconds": train_s,
                           "device": str(next(result.ema.parameters()).device),
                           "stopped_by_time_limit": result.stopped_by_time_limit}  # fmt: skip
+    return _report(out, plan, start, start_defaults, report, eval_n, t0, log)
+
+
+def _report(out: Path, plan, start, start_defaults, report, eval_n, t0, log) -> FitResult:
+    """The held-out comparison, the showcase and the card of a trained fit. The card is
+    written after each part, so a failure in a later one loses nothing measured."""
+    from piddpm.fit.report import compare_on_heldout, restore_showcase, write_card
+    from piddpm.models.files import read_model_doc
+
+    if "training" not in report:  # --report-only: what the last training recorded
+        training = read_model_doc(out / "model.json")["config"].get("training") or {}
+        report["training"] = {"steps": training.get("steps"), "seconds": None,
+                              "device": "see model.json", "stopped_by_time_limit":
+                              training.get("stopped_by_time_limit")}  # fmt: skip
+    start_dir = start.config_path.parent
     if eval_n > 0:
         log(f"held-out comparison on {eval_n} synthetic pairs of this microscope ...")
-        report["heldout"] = compare_on_heldout(out, start.config_path.parent, start_defaults, n=eval_n,
-                                               log=log)  # fmt: skip
+        report["heldout"] = compare_on_heldout(out, start_dir, start_defaults, n=eval_n, log=log)
+        write_card(out, report)
     log("restoring your image ...")
-    report["showcase"] = restore_showcase(plan.planes[0], out, start.config_path.parent, start_defaults,
-                                          _restore_microscope(plan), log=log)  # fmt: skip
+    try:
+        report["showcase"] = restore_showcase(plan.planes[0], out, start_dir, start_defaults,
+                                              _restore_microscope(plan), log=log)  # fmt: skip
+    except PiddpmError as err:
+        report["showcase_error"] = str(err)
+        log(f"could not restore your image: {err}")
     report["total_seconds"] = time.perf_counter() - t0
     card = write_card(out, report)
     log(f"wrote {card} ({report['total_seconds'] / 60:.1f} min in all)")

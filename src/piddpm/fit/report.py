@@ -143,12 +143,13 @@ def write_card(run_dir: Path, report: dict[str, Any]) -> Path:
 
     write_text_atomic(run_dir / "fit.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
     m, noise, ev = report["plan"]["microscope"], report["plan"]["ranges"], report.get("heldout")
+    tr = report["training"]
+    took = f"{tr['seconds']:.0f} s of training, " if tr.get("seconds") is not None else ""
     lines = [
         f"# Fitted model: {run_dir.name}",
         "",
         f"Fine-tuned from `{report['plan']['start_model']}` by `piddpm fit` for "
-        f"{report['training']['steps']} steps ({report['training']['seconds']:.0f} s of "
-        f"training, {report['training']['device']}).",
+        f"{tr['steps']} steps ({took}{tr['device']}).",
         "",
         "## Microscope",
         f"- {m['modality']}, NA {m['na']}, immersion index {m['ri']}, emission "
@@ -173,6 +174,8 @@ def write_card(run_dir: Path, report: dict[str, Any]) -> Path:
         lines += ["", "## Your image", "", "Input, RL, starting model, fitted model (display "
                   f"range {s['display_range'][0]:.4g}-{s['display_range'][1]:.4g}, the input's "
                   "1st-99.5th percentile):", "", "![showcase](showcase/showcase.png)"]  # fmt: skip
+    if report.get("showcase_error"):
+        lines += ["", f"## Your image\n\nNot restored: {report['showcase_error']}"]
     lines += ["", "Uncertainty (`--samples N`) is not calibrated for this model (the starting "
               "model's calibration is not inherited).", ""]  # fmt: skip
     path = run_dir / "FIT_CARD.md"
