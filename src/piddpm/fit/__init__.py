@@ -189,8 +189,10 @@ def _report(out: Path, plan, start, start_defaults, report, eval_n, t0, log) -> 
         write_card(out, report)
     log("restoring your image ...")
     try:
-        report["showcase"] = restore_showcase(plan.planes[0], out, start_dir, start_defaults,
-                                              _restore_microscope(plan), log=log)  # fmt: skip
+        report["showcase"] = restore_showcase(
+            plan.planes[0], out, start_dir, start_defaults, _restore_microscope(plan),
+            psf_file=plan.config.data.psf_file, log=log,
+        )  # fmt: skip
     except PiddpmError as err:
         report["showcase_error"] = str(err)
         log(f"could not restore your image: {err}")

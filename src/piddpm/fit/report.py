@@ -84,10 +84,11 @@ def restore_showcase(
     *,
     crop: int = 512,
     seed: int = 0,
+    psf_file: str | None = None,
     log=print,
 ) -> dict[str, Any]:
     """Restore the user's plane (its centre, at most ``crop`` px square) with RL (PSF from the
-    microscope), the starting model and the fitted model; write TIFFs and a PNG with a
+    microscope, or the measured ``psf_file``), the starting model and the fitted model; write TIFFs and a PNG with a
     stretched display range (1st-99.5th percentile of the input) under ``RUN/showcase``."""
     from piddpm.io import write_image, write_png
     from piddpm.models.tuning import restore_kwargs
@@ -102,8 +103,13 @@ def restore_showcase(
                   device="cpu", seed=seed, residual=False)  # fmt: skip
     results = {"input": img}
     seconds = {}
+    rl = {"method": "rl"}
+    if psf_file is not None:  # the measured PSF the fit trained with, as it prepared it
+        from piddpm.data.measured_bank import measured_kernel
+
+        rl["psf"] = measured_kernel(psf_file, 33)
     for key, kw in (
-        ("rl", {"method": "rl"}),
+        ("rl", rl),
         ("start", {"model": str(start_dir), **restore_kwargs(start_defaults)}),
         ("fitted", {"model": str(run_dir), **restore_kwargs(fitted_defaults(start_defaults))}),
     ):
