@@ -228,3 +228,32 @@ def test_plan_fits_the_camera_noise_from_the_images(tmp_path):
     assert plan.config.data.ranges["photons"] == [lo, hi]
     assert plan.pixel_size_source.startswith("file") and plan.pixel_size_um == 0.065
     assert plan.config.init_from == "pi-ddpm-widefield"
+
+
+def test_own_images_become_natural_ground_truth(tmp_path, monkeypatch):
+    """--own-images: RL-sharpened copies of the user's planes are written to RUN/own-images
+    and the run's `natural` specimen reads them (data.images_dir)."""
+    import piddpm.training as training
+    from piddpm.fit import fit
+
+    real_train = training.train
+
+    def interrupted(cfg, **kw):
+        assert cfg.data.images_dir == str(tmp_path / "fit" / "own-images")
+        real_train(cfg.model_copy(update={"checkpoint_every": 1}), stop_at_step=1,
+                   **{k: v for k, v in kw.items() if k != "stop_at_step"})  # fmt: skip
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train", interrupted)
+    paths = _write_images(tmp_path, n=2)
+    res = fit(paths, out_dir=tmp_path / "fit", minutes=1, progress=False, device="cpu",
+              own_images=True, modality="widefield", na=1.4, ri=1.518, em_nm=670,
+              noise_overrides={"photons": (20, 200), "background_fraction": (0, 0.1),
+                               "read_noise": (1, 2)})  # fmt: skip
+    assert res.interrupted
+    own = sorted((tmp_path / "fit" / "own-images").glob("*.tif"))
+    assert len(own) == 2
+    from piddpm.io import read_image
+
+    sharpened = np.asarray(read_image(own[0]).data)
+    assert sharpened.shape == (64, 64) and np.isfinite(sharpened).all()
