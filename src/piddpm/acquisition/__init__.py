@@ -233,13 +233,18 @@ def blur(images: torch.Tensor, psf, boundary: BlurBoundary = "zero") -> torch.Te
     """
     if boundary == "reflect":
         return _blur_reflect(images, psf)
+    return _fft_operator(images, psf, boundary, adjoint=False)
+
+
+def _fft_operator(images, psf, boundary: str, adjoint: bool) -> torch.Tensor:
+    """``A x`` (``adjoint`` False) or ``A^T y`` with a zero or periodic boundary."""
     _check_boundary(boundary)
     x, was2d = _as_images(images)
     k = _as_psf(psf, like=x)
     _check_batch(x, k)
     _check_fits(x.shape[-2:], k.shape[-2:])
     padded = _padded_shape(x.shape[-2:], k.shape[-2:], boundary)
-    out = _apply(x, _otf(k, padded), padded, adjoint=False)
+    out = _apply(x, _otf(k, padded), padded, adjoint=adjoint)
     return out[0, 0] if was2d else out
 
 
@@ -260,14 +265,7 @@ def blur_adjoint(images: torch.Tensor, psf, boundary: Boundary = "zero") -> torc
     ``<A x, y> = <x, A^T y>`` holds to floating-point precision for both boundaries, any
     PSF size (odd or even) and non-square images. Arguments and shapes as :func:`blur`.
     """
-    _check_boundary(boundary)
-    y, was2d = _as_images(images)
-    k = _as_psf(psf, like=y)
-    _check_batch(y, k)
-    _check_fits(y.shape[-2:], k.shape[-2:])
-    padded = _padded_shape(y.shape[-2:], k.shape[-2:], boundary)
-    out = _apply(y, _otf(k, padded), padded, adjoint=True)
-    return out[0, 0] if was2d else out
+    return _fft_operator(images, psf, boundary, adjoint=True)
 
 
 class BlurOperator:

@@ -30,6 +30,17 @@ COMMANDS = [
 ]
 
 
+def set_threads(threads: int | None) -> None:
+    """Apply a command's ``--threads`` (torch CPU threads; None: torch's default)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise PiddpmError(f"--threads must be >= 1 (got {threads})")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="piddpm",

@@ -86,14 +86,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    from piddpm.cli import set_threads
     from piddpm.fit import fit
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise PiddpmError(f"--threads must be >= 1 (got {args.threads})")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.eval_n < 0:
         raise PiddpmError(f"--eval-n must be >= 0 (got {args.eval_n})")
     for path in [*args.images, *([args.psf] if args.psf else [])]:

@@ -104,14 +104,10 @@ def _duration(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    from piddpm.cli import set_threads
     from piddpm.training import load_run_config, train
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise PiddpmError(f"--threads must be >= 1 (got {args.threads})")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
     overrides = {}
     if args.steps is not None:

@@ -137,13 +137,11 @@ def fit(
     if out.exists() and any(out.iterdir()) and not (resume or report_only):
         raise PiddpmError(f"{out}: already exists; pass --resume to continue that fit or "
                           "choose another -o")  # fmt: skip
-    if own_images:
-        planes, _ = read_planes(images, microscope_and_noise.get("axes"))
-        pre = plan_fit(images, out_dir=out, minutes=minutes, **microscope_and_noise)
-        microscope_and_noise["own_images_dir"] = _write_own_images(
-            planes, out, _restore_microscope(pre), log
-        )
     plan = plan_fit(images, out_dir=out, minutes=minutes, **microscope_and_noise)
+    if own_images:
+        folder = _write_own_images(plan.planes, out, _restore_microscope(plan), log)
+        data = plan.config.data.model_copy(update={"images_dir": folder})
+        plan.config = plan.config.model_copy(update={"data": data})
     noise = plan.ranges
     log(f"camera noise: {noise_summary(plan.noise['fit'])}")
     log(f"simulating photons {noise['photons']}, background fraction "

@@ -143,7 +143,6 @@ def plan_fit(
     offset: float | None = None,
     psf_file: str | None = None,
     noise_overrides: dict[str, Any] | None = None,
-    own_images_dir: str | None = None,
     jitter: dict[str, Any] | None = None,
     axes: str | None = None,
 ) -> FitPlan:
@@ -179,8 +178,6 @@ def plan_fit(
         psf_file=psf_file,
         n_kernels=64,
     )
-    if own_images_dir is not None:
-        data["images_dir"] = own_images_dir
     opt = dict(train.get("optimizer") or {})
     opt.update(lr=0.5 * float(opt.get("lr", 1e-4)), warmup_steps=20, lr_decay="constant")
     val = dict(train.get("validation") or {})
