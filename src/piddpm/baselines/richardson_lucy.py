@@ -154,8 +154,7 @@ def richardson_lucy(
     u = _initial_estimate(init, y, b, k, eps)
     inv_sens = None
     if normalize:
-        inv_sens = op.sensitivity(tuple(k.shape[:-2]), y.dtype, y.device).clamp_min(eps)
-        inv_sens = inv_sens.reciprocal()
+        inv_sens = op.inverse_sensitivity(tuple(k.shape[:-2]), y.dtype, y.device, eps)
     fast = not auto and rtol is None and tv_weight == 0 and not return_info
     if fast:
         bg = None if not bool(b.any()) else b
@@ -217,17 +216,20 @@ def _check_args(num_iter, rtol, tv_weight, boundary) -> tuple[int, float | None]
 
 
 def _as_background(background, y: torch.Tensor) -> torch.Tensor:
-    """The background as a tensor broadcast to ``y`` (checked finite and >= 0)."""
+    """The background as a tensor broadcastable to ``y`` (checked finite and >= 0)."""
     b = torch.as_tensor(background, dtype=y.dtype, device=y.device)
     if b.ndim == 2:  # an (H, W) background map
         b = b[None, None]
     try:
-        b = torch.broadcast_to(b, y.shape)
+        fits = torch.broadcast_shapes(b.shape, y.shape) == y.shape
     except RuntimeError:
+        fits = False
+    if not fits:
         raise PiddpmError(
             f"background of shape {tuple(b.shape)} cannot broadcast to the image shape "
             f"{tuple(y.shape)}"
-        ) from None
+        )
+    # checked (and returned) at its own size: a number stays a number, not an image
     if bool((b < 0).any()) or not bool(torch.isfinite(b).all()):
         raise PiddpmError("background must be finite and >= 0")
     return b
