@@ -318,3 +318,174 @@ def test_chunked_equals_in_memory_on_a_1024_plane(tmp_path, kwargs):
             img, tmp_path / "o.zarr", chunk=256, progress=False, device="cpu", **kwargs
         )
     np.testing.assert_allclose(level0(out), ref.mean, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPUs and workers (no GPU needed: the device rule is pure, the wiring runs with fake GPUs)
+
+
+def test_worker_device_pins_gpu_requests_round_robin():
+    from piddpm.restore.stream_devices import worker_device
+
+    assert [worker_device("auto", i, 2) for i in range(5)] == [
+        "cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0",
+    ]  # fmt: skip
+    assert worker_device("cuda", 5, 4) == "cuda:1" and worker_device(None, 1, 1) == "cuda:0"
+    assert worker_device("cpu", 1, 2) == "cpu" and worker_device("mps", 0, 1) == "mps"
+    assert worker_device("cuda:1", 0, 2) == "cuda:1"  # an explicit GPU is used as given
+    assert worker_device("auto", 1, 0) == "auto" and worker_device("cuda", 1, 0) == "cuda"
+    assert worker_device("auto", None, 2) == "auto"  # not a pinned worker
+    with pytest.raises(ValueError, match="worker index"):
+        worker_device("auto", -1, 2)
+
+
+def test_plan_devices_for_local_and_existing_clusters():
+    from piddpm.restore.stream_devices import plan_devices, sharing_notes
+
+    def report(name, host="h", gpus=2, env=None):
+        return {"name": name, "host": host, "gpus": gpus, "cuda_visible": env}
+
+    local = [report(str(i)) for i in (10, 2, 0, 1)]  # numeric names, in any order
+    plan = plan_devices("auto", local, local=True)
+    assert plan == {"0": "cuda:0", "1": "cuda:1", "2": "cuda:0", "10": "cuda:0"}
+    (note,) = sharing_notes(plan, local)
+    assert note.startswith("h: 4 workers share 2 GPU(s)") and "GPU 1: workers 1 (cuda:1)" in note
+    assert plan_devices("cpu", local, local=True) == dict.fromkeys(plan, "cpu")
+    assert sharing_notes(dict.fromkeys(plan, "cpu"), local) == []
+    # an existing cluster: ranked per host when the workers see all GPUs ...
+    spread = [report("tcp://a:2"), report("tcp://a:1"), report("tcp://b:1", "b", gpus=1)]
+    plan = plan_devices("cuda", spread, local=False)
+    assert plan == {"tcp://a:1": "cuda:0", "tcp://a:2": "cuda:1", "tcp://b:1": "cuda:0"}
+    assert sharing_notes(plan, spread) == []
+    # ... and the first visible GPU where the launcher set CUDA_VISIBLE_DEVICES (dask-cuda)
+    rotated = [report("0", env="0,1"), report("1", env="1,0"), report("2", gpus=1, env="3")]
+    plan = plan_devices("auto", rotated, local=False)
+    assert plan == {"0": "cuda:0", "1": "cuda:0", "2": "cuda:0"}
+    assert sharing_notes(plan, rotated) == []  # GPUs 0, 1 and 3: one worker each
+    same = [report("0", env="1,0"), report("1", env="1,0")]
+    assert sharing_notes(plan_devices("auto", same, local=False), same) == [
+        "h: 2 workers share 1 GPU(s), one model copy per worker on its GPU "
+        "(GPU 1: workers 0 (cuda:0), 1 (cuda:0))"
+    ]
+
+
+def test_worker_options_are_checked_before_any_work(tmp_path):
+    img = specimen((64, 64))
+    with pytest.raises(PiddpmError, match="^workers must be a positive integer, got 0$"):
+        restore_to_zarr(img, tmp_path / "o.zarr", workers=0, **RL)
+    with pytest.raises(PiddpmError, match="not both"):
+        restore_to_zarr(img, tmp_path / "o.zarr", workers=2, cluster="tcp://x:8786", **RL)
+    assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """Two CUDA devices that are the CPU: torch reports them, every restore runs on the CPU
+    and reports the device it was given (what a GPU run records), and each call's device is
+    kept in the returned list."""
+    import torch
+
+    import piddpm.restore
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    real, seen = piddpm.restore.restore, []
+
+    def on_the_cpu(image, *, device="auto", **kw):
+        device = "cuda" if device in (None, "auto") else device
+        seen.append(device)
+        res = real(image, device="cpu" if device.startswith("cuda") else device, **kw)
+        res.metadata["device"] = device
+        return res
+
+    monkeypatch.setattr(piddpm.restore, "restore", on_the_cpu)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "where, device",
+    [("local", "auto"), ("existing", "cuda"), ("existing-env", "auto"), ("local", "cpu")],
+)
+def test_distributed_workers_use_one_gpu_each(tmp_path, monkeypatch, caplog, fake_gpus,
+                                              where, device):  # fmt: skip
+    """Each worker restores on its own GPU, round-robin; sharing is logged; the provenance
+    records the device of every worker's chunks. The workers are in-process threads here, so
+    the fake GPUs reach them (a real run uses worker processes)."""
+    distributed = pytest.importorskip("distributed")
+    import logging
+
+    threads = dict(processes=False, threads_per_worker=1, dashboard_address=None)
+    img = specimen((160, 160), seed=11)
+    ref = restore_to_zarr(img, tmp_path / "one.zarr", chunk=64, progress=False, **RL)
+    fake_gpus.clear()
+    kw = dict(chunk=64, progress=False, device=device, **RL)
+    caplog.set_level(logging.INFO, logger="piddpm.restore.stream")
+    if where == "local":  # restore_to_zarr's own LocalCluster, with threads for processes
+        real = distributed.LocalCluster
+        monkeypatch.setattr(
+            distributed, "LocalCluster", lambda n_workers, **_: real(n_workers=n_workers, **threads)
+        )
+        out = restore_to_zarr(img, tmp_path / "o.zarr", workers=3, **kw)
+    else:
+        if where == "existing-env":  # as a launcher sets it: this worker's GPU listed first
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+        with distributed.LocalCluster(n_workers=2, **threads) as cluster:
+            out = restore_to_zarr(img, tmp_path / "o.zarr", cluster=cluster.scheduler_address,
+                                  **kw)  # fmt: skip
+    np.testing.assert_array_equal(level0(out), level0(ref))
+    stream = dict(zarr.open_group(str(out), mode="r").attrs)["piddpm"]["stream"]
+    by_worker = {d["worker"]: d["device"] for d in stream["devices"]}
+    assert sum(d["chunks"] for d in stream["devices"]) == 9  # 3 x 3 chunks
+    want = {
+        "local": {"0": "cuda:0", "1": "cuda:1", "2": "cuda:0"},
+        "existing": {"0": "cuda:0", "1": "cuda:1"},
+        "existing-env": {"0": "cuda:0", "1": "cuda:0"},
+    }.get(where if device != "cpu" else "", {"0": "cpu", "1": "cpu", "2": "cpu"})
+    assert set(by_worker.items()) <= set(want.items())  # a worker may get no chunk
+    assert stream["device_assignment"].get("workers", want) == want
+    sharing = [r.getMessage() for r in caplog.records if "GPU sharing" in r.getMessage()]
+    if where == "local" and device == "auto":
+        assert "3 workers share 2 GPU(s)" in sharing[0]
+        assert stream["device_assignment"]["sharing"] == [sharing[0].split("GPU sharing: ")[1]]
+    elif where == "existing-env":  # both workers list GPU 1 first: they share it
+        assert "GPU 1: workers 0 (cuda:0), 1 (cuda:0)" in sharing[0]
+    else:
+        assert sharing == []
+    # the probe chunk in this process (auto -> cuda), then the 9 chunks, each on its GPU
+    assert fake_gpus[0] == ("cpu" if device == "cpu" else "cuda") and len(fake_gpus) == 10
+    assert set(fake_gpus[1:]) <= set(want.values())
+    if device == "cpu":
+        assert stream["device_assignment"]["rule"].endswith("the requested device cpu")
+
+
+def test_in_process_run_records_its_device(tmp_path):
+    out = restore_to_zarr(specimen((96, 96)), tmp_path / "o.zarr", chunk=48, progress=False,
+                          device="cpu", **RL)  # fmt: skip
+    stream = dict(zarr.open_group(str(out), mode="r").attrs)["piddpm"]["stream"]
+    assert [(d["worker"], d["device"], d["chunks"]) for d in stream["devices"]] == [
+        ("in process", "cpu", 4)
+    ]
+
+
+def test_two_distributed_workers_stream_std_and_residual_as_in_memory(tmp_path):
+    """--uncertainty and --residual on a local 2-worker cluster (worker processes, each
+    loading the model once): every store equals the in-memory restore."""
+    pytest.importorskip("distributed")
+    img = specimen((128, 128), seed=12)
+    kw = dict(model="pi-ddpm-widefield", steps=2, samples=2, tile=64, overlap=16, batch_size=1)
+    kw |= dict(psf=gaussian_psf(), device="cpu", pixel_size_um=0.1)
+    with pytest.warns(UserWarning, match="no microscope"):
+        ref = restore(img, progress=False, residual=True, **kw)
+    out, std, res = (tmp_path / f"{n}.zarr" for n in ("o", "std", "res"))
+    with pytest.warns(UserWarning, match="no microscope"):  # the probe chunk, in this process
+        restore_to_zarr(img, out, chunk=64, workers=2, std_path=std, residual_path=res,
+                        progress=False, **kw)  # fmt: skip
+    for path, want in ((out, ref.mean), (std, ref.std), (res, ref.residual)):
+        np.testing.assert_allclose(level0(path), want, rtol=0, atol=1e-5)
+        assert dict(zarr.open_group(str(path), mode="r").attrs)["piddpm_stream"]["complete"]
+    stream = dict(zarr.open_group(str(std), mode="r").attrs)["piddpm"]["stream"]
+    assert {d["worker"] for d in stream["devices"]} <= {"0", "1"}
+    assert {d["device"] for d in stream["devices"]} == {"cpu"}
+    assert sum(d["chunks"] for d in stream["devices"]) == 4

@@ -34,7 +34,9 @@ restore of it needs, independent of the image size. Finished chunks are recorded
 array ``piddpm_done`` of the mean's store (written after the chunk's data in every output);
 ``resume=True`` skips them. ``workers=N`` runs the chunks on a local dask.distributed cluster of N processes,
 ``cluster=ADDRESS`` on an existing scheduler; each worker process loads the model once
-(:func:`piddpm.models.load_entry` caches it).
+(:func:`piddpm.models.load_entry` caches it). With ``device`` ``"auto"`` or ``"cuda"`` the
+workers use one GPU each, round-robin (:mod:`piddpm.restore.stream_devices`), and the
+provenance records the device every worker's chunks ran on.
 """
 
 from __future__ import annotations
@@ -47,6 +49,15 @@ from pathlib import Path
 import numpy as np
 
 from piddpm import PiddpmError
+from piddpm.restore.stream_devices import (
+    GPU_REQUESTS,
+    chunk_device,
+    log,
+    plan_devices,
+    probe_worker,
+    ran_on,
+    sharing_notes,
+)
 from piddpm.restore.stream_input import open_lazy, plane_ranges, read_float, source_axes
 from piddpm.restore.stream_outputs import (
     check_outputs,
@@ -56,7 +67,7 @@ from piddpm.restore.stream_outputs import (
     provenance,
     run_settings,
 )
-from piddpm.restore.stream_store import DONE_ARRAY, done_marks, stream_state
+from piddpm.restore.stream_store import DONE_ARRAY, done_marks, set_attrs, stream_state
 
 __all__ = ["DEFAULT_CHUNK", "DEFAULT_LEVELS", "open_lazy", "plane_ranges", "restore_to_zarr"]
 
@@ -143,6 +154,9 @@ def _run_chunk(task: dict) -> dict:
     idx = tuple(task["idx"])
     region = read_float(data, idx + (slice(r0y, r1y), slice(r0x, r1x)))
     kw = dict(task["kwargs"])
+    device = chunk_device(task.get("devices"), kw.get("device"))
+    if device is not None:
+        kw["device"] = device
     if task["steps"] is not None:
         kw["steps"] = task["steps"]
     at = f"{task['where']} (plane {idx}, rows {r0y}-{r1y}, columns {r0x}-{r1x})"
@@ -167,7 +181,8 @@ def _run_chunk(task: dict) -> dict:
             arr = {"mean": res.mean, "std": res.std, "residual": res.residual}[name]
             zarr.open_array(store, path="0", mode="r+")[dest] = arr[keep]
     outputs = ["mean"] + [n for n in ("std", "residual") if getattr(res, n) is not None]
-    return {"metadata": res.metadata, "outputs": outputs}
+    used = str(res.metadata.get("device", device or "auto"))
+    return {"metadata": res.metadata, "outputs": outputs, "ran_on": ran_on(used)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,8 +238,13 @@ def restore_to_zarr(
         Replace existing stores (refused otherwise, unless ``resume``).
     workers : int, optional
         Run the chunks on a local dask.distributed cluster of this many worker processes.
+        With ``device`` ``"auto"`` or ``"cuda"`` and CUDA devices present, worker ``i``
+        runs on ``cuda:(i mod number of GPUs)`` (more workers than GPUs share them, which is
+        logged).
     cluster : str, optional
-        Address of an existing dask.distributed scheduler (``tcp://host:8786``).
+        Address of an existing dask.distributed scheduler (``tcp://host:8786``); not with
+        ``workers``. A worker with ``CUDA_VISIBLE_DEVICES`` set runs on the first GPU it
+        sees, the others one GPU each, round-robin on their host.
     levels : int
         Pyramid levels (default 3).
     axes : str, optional
@@ -238,13 +258,20 @@ def restore_to_zarr(
         Passed to :func:`piddpm.restore` for every chunk (``model``, ``method``, ``psf``,
         ``steps``, ``samples``, ``seed``, ``tile``, ``microscope``, ``device``, ...). The
         residual is made when ``residual_path`` is given; resampling into the model's pixel
-        range is refused (it acts on the whole plane).
+        range is refused (it acts on the whole plane). The device each worker's chunks ran on
+        is recorded in the provenance (``piddpm.stream.devices``).
 
     Returns
     -------
     pathlib.Path
         The output store.
     """
+    if workers is not None and cluster is not None:
+        raise PiddpmError(
+            "give workers (a local cluster) or cluster (an existing scheduler), not both"
+        )
+    if workers is not None:
+        _positive(workers, "workers")
     data, axes, pixel_um, where = open_lazy(input, axes)
     paths = {"mean": Path(output_path)}
     paths |= {n: Path(p) for n, p in (("std", std_path), ("residual", residual_path)) if p}
@@ -299,7 +326,7 @@ def _stream(input, data, paths, spec, kw, regions, plan, run) -> Path:  # noqa: 
     stores = {n: str(p) for n, p in paths.items()}
     for t in tasks:
         t["outputs"] = stores
-    _run_all(out, tasks, spec["grid"], workers, cluster, progress, on_chunk)
+    _run_all(paths, tasks, spec["grid"], workers, cluster, progress, on_chunk)
     finish_stores(paths, spec, state)
     return out
 
@@ -441,11 +468,12 @@ def _check_probe(info: dict, kw: dict, where: str, paths: dict) -> dict:
     return meta
 
 
-def _run_all(out: Path, tasks, grid, workers, cluster, progress, on_chunk) -> None:
+def _run_all(paths: dict, tasks, grid, workers, cluster, progress, on_chunk) -> None:
     """Run the chunks not yet recorded, in this process or on dask.distributed, recording
-    each after its data is written."""
+    each after its data is written, and where it ran (also when the run is interrupted)."""
     import zarr
 
+    out = paths["mean"]
     done = done_marks(out, grid)
     pending = [t for t in tasks if not done[t["key"]]]
     marks = zarr.open_array(str(out), path=DONE_ARRAY, mode="r+")
@@ -457,10 +485,15 @@ def _run_all(out: Path, tasks, grid, workers, cluster, progress, on_chunk) -> No
             total=len(tasks), initial=len(tasks) - len(pending), unit="chunk", desc="restore"
         )
     n_done = len(tasks) - len(pending)
+    places: dict[tuple[str, str, str], int] = {}  # (worker, host, device) -> chunks
+    assignment: dict = {}  # filled by _run_distributed
 
-    def record(task):
+    def record(task, info):
         nonlocal n_done
         marks[task["key"]] = 1
+        place = info["ran_on"]
+        key = (place["worker"], place["host"], place["device"])
+        places[key] = places.get(key, 0) + 1
         n_done += 1
         if bar is not None:
             bar.update(1)
@@ -470,18 +503,74 @@ def _run_all(out: Path, tasks, grid, workers, cluster, progress, on_chunk) -> No
     try:
         if workers is None and cluster is None:
             for task in pending:
-                _run_chunk(task)
-                record(task)
+                record(task, _run_chunk(task))
         else:
-            _run_distributed(pending, workers, cluster, record)
+            _run_distributed(pending, workers, cluster, record, assignment)
     finally:
         if bar is not None:
             bar.close()
+        _record_devices(paths, places, assignment)
 
 
-def _run_distributed(pending, workers, cluster, record) -> None:
+def _record_devices(paths: dict, places: dict, assignment: dict) -> None:
+    """Add this run's chunks per (worker, host, device) to ``piddpm.stream.devices`` of every
+    store (a resumed run adds to the counts), with the run's device assignment."""
+    if not places and not assignment:
+        return
+    import zarr
+
+    for path in paths.values():
+        meta = dict(zarr.open_group(str(path), mode="r").attrs.get("piddpm") or {})
+        stream = dict(meta.get("stream") or {})
+        counts = {
+            (d["worker"], d["host"], d["device"]): d["chunks"] for d in stream.get("devices", [])
+        }
+        for key, n in places.items():
+            counts[key] = counts.get(key, 0) + n
+        stream["devices"] = [
+            {"worker": w, "host": h, "device": d, "chunks": n}
+            for (w, h, d), n in sorted(counts.items())
+        ]
+        if assignment:
+            stream["device_assignment"] = assignment
+        set_attrs(path, piddpm=dict(meta, stream=stream))
+
+
+def _assign_devices(client, requested, local: bool) -> tuple[dict[str, str], dict]:
+    """The device of every worker (:func:`piddpm.restore.stream_devices.plan_devices`) from
+    what each one sees, and its record for the provenance; GPU sharing is logged."""
+    req = "auto" if requested is None else str(requested)
+    if req not in GPU_REQUESTS:
+        return {}, {"rule": f"every worker restores on the requested device {req}"}
+    seen = list(client.run(probe_worker).values())
+    plan = plan_devices(req, seen, local)
+    if not any(d.startswith("cuda") for d in plan.values()):
+        rule = f"no worker sees a CUDA device; each resolves device {req} itself"
+        return {}, {"rule": rule}
+    if local:
+        rule = (
+            "local cluster: worker i on cuda:(i mod G), G the GPUs it sees (the caller's "
+            "CUDA_VISIBLE_DEVICES)"
+        )
+    else:
+        rule = (
+            "existing cluster: a worker with CUDA_VISIBLE_DEVICES set on the first GPU it "
+            "sees (cuda:0), the others round-robin by rank on their host"
+        )
+    notes = sharing_notes(plan, seen)
+    for note in notes:
+        log.warning("GPU sharing: %s", note)
+    log.info("devices of the workers: %s", ", ".join(f"{n} {d}" for n, d in plan.items()))
+    record = {"rule": rule, "workers": plan}
+    if notes:
+        record["sharing"] = notes
+    return plan, record
+
+
+def _run_distributed(pending, workers, cluster, record, assignment: dict) -> None:
     """The chunks as dask.distributed tasks (a local cluster of ``workers`` processes, or the
-    scheduler at ``cluster``); results are recorded as they complete."""
+    scheduler at ``cluster``), each worker on its own GPU where the device asks for CUDA;
+    results are recorded as they complete. ``assignment`` receives the device record."""
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError:
@@ -498,13 +587,19 @@ def _run_distributed(pending, workers, cluster, record) -> None:
         )
         client = Client(local)
     try:
-        if pending and not isinstance(pending[0]["src"], tuple):
+        if not pending:
+            return
+        requested = pending[0]["kwargs"].get("device")
+        plan, rec = _assign_devices(client, requested, local is not None)
+        assignment.update(rec)
+        if not isinstance(pending[0]["src"], tuple):
             src = client.scatter(pending[0]["src"], broadcast=False)
             pending = [dict(t, src=src) for t in pending]
+        if plan:
+            pending = [dict(t, devices=plan) for t in pending]
         futures = {client.submit(_run_chunk, t, pure=False): t for t in pending}
         for fut in as_completed(futures):
-            fut.result()
-            record(futures[fut])
+            record(futures[fut], fut.result())
     finally:
         client.close()
         if local is not None:
