@@ -197,7 +197,9 @@ def _add_tiling_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--device",
         default="auto",
-        help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda or cuda:N",
+        help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda or cuda:N; with --workers or "
+        "--cluster, auto and cuda give each worker one GPU, round-robin (docs/scale.md), and "
+        "cuda:N puts every worker on GPU N",
     )
     t.add_argument(
         "--no-resample",
@@ -230,13 +232,17 @@ def _add_scale_arguments(p: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=None,
-        help="run the chunks on a local dask.distributed cluster of N worker processes",
+        help="run the chunks on a local dask.distributed cluster of N worker processes (N >= 1); "
+        "with --device auto/cuda worker i uses GPU i mod (GPUs seen), more workers than GPUs "
+        "share them (logged)",
     )
     s.add_argument(
         "--cluster",
         default=None,
         metavar="ADDRESS",
-        help="run the chunks on an existing dask.distributed scheduler (tcp://host:8786)",
+        help="run the chunks on an existing dask.distributed scheduler (tcp://host:8786), not "
+        "with --workers; a worker with CUDA_VISIBLE_DEVICES set (dask-cuda) uses the first GPU "
+        "it sees, others one GPU each, round-robin per host",
     )
 
 
