@@ -242,6 +242,20 @@ def test_cli_streams_uncertainty_and_residual_stores(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def test_cli_refuses_workers_below_one_for_any_input(tmp_path, capsys):
+    """``--workers 0`` is an error naming the flag, also for TIFF in and out (it used to
+    be taken as "no workers" and the image restored in memory)."""
+    from piddpm.cli import main
+    from piddpm.io import write_tiff
+
+    src = tmp_path / "in.tif"
+    write_tiff(src, specimen((64, 64), seed=3), axes="YX")
+    out = tmp_path / "out.tif"
+    assert main(["restore", str(src), "-o", str(out), "--method", "rl", "--workers", "0"]) == 2
+    assert "--workers must be a positive integer, got 0" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_input_axes_in_another_order_are_read_lazily_and_written_tczyx(tmp_path):
     """A ZCYX input (a plain Zarr array naming its axes) streams into a CZYX store equal to
     the in-memory restore of the input, transposed; no read is larger than a region."""

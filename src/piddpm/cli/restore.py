@@ -254,7 +254,10 @@ def _streams(args) -> bool:
 
     zarr_in = is_zarr_path(args.input) or Path(args.input).is_dir()
     return bool(
-        (zarr_in and is_zarr_path(args.output)) or args.chunk or args.workers or args.cluster
+        (zarr_in and is_zarr_path(args.output))
+        or args.chunk
+        or args.workers is not None
+        or args.cluster
     )
 
 
@@ -394,6 +397,8 @@ def run(args) -> int:
     from piddpm.restore import restore
 
     _check_outputs(args)
+    if args.workers is not None and args.workers < 1:
+        raise PiddpmError(f"--workers must be a positive integer, got {args.workers}")
     if args.method in ("rl", "rl-3d") and args.model:
         warnings.warn(f"--method {args.method} uses no model: --model ignored", stacklevel=1)
     microscope = _microscope(args)
