@@ -128,10 +128,21 @@ def _write_images(tmp_path, n=2, size=64):
     return paths
 
 
+def _tiny_tuning(monkeypatch, etas=(0.0,)):
+    """Shrink the re-tuning to seconds: 1 dev pair of 64^2, a 64^2 guard crop, few etas."""
+    import piddpm.fit.tune as tune
+
+    monkeypatch.setattr(tune, "N_DEV_PAIRS", 1)
+    monkeypatch.setattr(tune, "DEV_SIZE", 64)
+    monkeypatch.setattr(tune, "GUARD_CROP", 64)
+    monkeypatch.setattr(tune, "ETA_GRID", etas)
+
+
 def test_fit_end_to_end_and_resume(tmp_path, monkeypatch):
     from piddpm.cli import main
 
     torch.set_num_threads(1)
+    _tiny_tuning(monkeypatch)
     paths = _write_images(tmp_path)
     out = tmp_path / "fit"
     args = ["fit", *map(str, paths), "--modality", "widefield", "--na", "1.4", "--ri", "1.518",
@@ -148,6 +159,12 @@ def test_fit_end_to_end_and_resume(tmp_path, monkeypatch):
     cfg = json.loads((out / "model.json").read_text())["config"]
     assert cfg["restore_defaults"]["steps"] == 15 and "std_scale" not in cfg["restore_defaults"]
     assert cfg["training"]["config"]["data"]["microscope"]["na"] == 1.4
+    # the restore defaults were re-tuned (inherited eta 20 vs guidance none) and recorded
+    tuning = report["tuning"]
+    assert [t["label"] for t in tuning["trials"]] == ["eta 20 (inherited)", "guidance none"]
+    assert cfg["restore_defaults_note"].startswith("chosen by piddpm fit")
+    assert report["restore_defaults"]["values"] == cfg["restore_defaults"]
+    assert "## Restore defaults (re-tuned" in card and "| guidance none |" in card
     assert (out / "showcase" / "showcase.png").is_file()
     # restore uses the run folder like any model, on the user's own file
     assert main(["restore", str(paths[0]), "--model", str(out), "--steps", "2", "-o",
@@ -160,11 +177,14 @@ def test_fit_end_to_end_and_resume(tmp_path, monkeypatch):
             em_nm=670, noise_overrides={"photons": (20, 200), "background_fraction": (0, 0.1),
                                         "read_noise": (1, 2)})  # fmt: skip
     steps_before = report["training"]["steps"]
-    # --report-only measures the model in the folder again, without training
+    # --report-only --no-tune measures the model in the folder again with its stored
+    # defaults, without training or tuning
     (out / "FIT_CARD.md").unlink()
-    assert main([*args, "--report-only"]) == 0
-    assert json.loads((out / "fit.json").read_text())["training"]["steps"] == steps_before
-    assert (out / "FIT_CARD.md").is_file()
+    assert main([*args, "--report-only", "--no-tune"]) == 0
+    again = json.loads((out / "fit.json").read_text())
+    assert again["training"]["steps"] == steps_before and "tuning" not in again
+    assert json.loads((out / "model.json").read_text())["config"] == cfg
+    assert "Not re-tuned (`--no-tune`)" in (out / "FIT_CARD.md").read_text()
     assert main([*args, "--resume"]) == 0
     assert json.loads((out / "fit.json").read_text())["training"]["steps"] > steps_before
 
@@ -257,3 +277,133 @@ def test_own_images_become_natural_ground_truth(tmp_path, monkeypatch):
 
     sharpened = np.asarray(read_image(own[0]).data)
     assert sharpened.shape == (64, 64) and np.isfinite(sharpened).all()
+
+
+@pytest.fixture(scope="module")
+def tiny_fit(tmp_path_factory):
+    """A fitted run of one training step, not re-tuned (``tune=False``), no card pairs."""
+    import piddpm.training as training
+    from piddpm.fit import fit
+
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("tiny_fit")
+    real_train = training.train
+    paths = _write_images(tmp, n=1)
+    with pytest.MonkeyPatch.context() as mp:
+
+        def one_step(cfg, **kw):
+            opt = cfg.optimizer.model_copy(update={"warmup_steps": 0})
+            return real_train(cfg.model_copy(update={"steps": 1, "optimizer": opt}), **kw)
+
+        mp.setattr(training, "train", one_step)
+        fit(paths, out_dir=tmp / "run", minutes=1, progress=False, device="cpu", tune=False,
+            eval_n=0, log=lambda *_: None, modality="widefield", na=1.4, ri=1.518, em_nm=670,
+            noise_overrides={"photons": (20, 200), "background_fraction": (0, 0.1),
+                             "read_noise": (1, 2)})  # fmt: skip
+    return tmp / "run", paths
+
+
+def _fit_kw():
+    return dict(progress=False, device="cpu", eval_n=0, log=lambda *_: None,
+                modality="widefield", na=1.4, ri=1.518, em_nm=670,
+                noise_overrides={"photons": (20, 200), "background_fraction": (0, 0.1),
+                                 "read_noise": (1, 2)})  # fmt: skip
+
+
+def test_no_tune_keeps_the_inherited_defaults(tiny_fit):
+    from piddpm.fit.report import fitted_defaults
+    from piddpm.models import resolve_model
+
+    run, _ = tiny_fit
+    cfg = json.loads((run / "model.json").read_text())["config"]
+    start = resolve_model("pi-ddpm-widefield").config["restore_defaults"]
+    assert cfg["restore_defaults"] == fitted_defaults(start)
+    assert cfg["restore_defaults"]["eta"] == 20.0
+    assert "not re-tuned" in cfg["restore_defaults_note"]
+    report = json.loads((run / "fit.json").read_text())
+    assert "tuning" not in report and report["restore_defaults"]["tuned"] is False
+
+
+def test_tuning_writes_defaults_that_restore_uses(tiny_fit, tmp_path, monkeypatch):
+    """--report-only re-tunes: the choice lands in model.json, valid, and restore --model RUN
+    restores with it (same result as passing the chosen guidance / eta explicitly)."""
+    import shutil
+
+    from piddpm.fit import fit
+    from piddpm.models.tuning import validate_defaults
+    from piddpm.restore import restore
+
+    _tiny_tuning(monkeypatch, etas=(0.0, 5.0))
+    src, paths = tiny_fit
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    res = fit(paths, out_dir=run, report_only=True, **_fit_kw())
+    tuning = res.report["tuning"]
+    assert [t["label"] for t in tuning["trials"]] == ["eta 20 (inherited)", "guidance none",
+                                                      "eta 5"]  # fmt: skip
+    assert sum(t["chosen"] for t in tuning["trials"]) == 1
+    cfg = json.loads((run / "model.json").read_text())["config"]
+    defaults = cfg["restore_defaults"]
+    validate_defaults(defaults, "pi-ddpm")
+    chosen = next(t for t in tuning["trials"] if t["chosen"])
+    assert defaults["guidance"] == chosen["guidance"] and defaults["eta"] == chosen["eta"]
+    assert cfg["restore_defaults_note"].startswith(f"chosen by piddpm fit after training: "
+                                                   f"{chosen['label']}")  # fmt: skip
+    img = np.asarray(__import__("piddpm.io", fromlist=["read_image"]).read_image(paths[0]).data,
+                     np.float32)  # fmt: skip
+    kw = dict(model=str(run), steps=2, seed=0, progress=False, device="cpu", pixel_size_um=0.065,
+              microscope={"modality": "widefield", "na": 1.4, "ri": 1.518, "em_nm": 670})  # fmt: skip
+    by_model = np.asarray(restore(img, **kw).mean)
+    explicit = np.asarray(restore(img, guidance=defaults["guidance"], eta=defaults["eta"],
+                                  **kw).mean)  # fmt: skip
+    other = ({"guidance": "learned", "eta": 40.0} if defaults["guidance"] == "none"
+             else {"guidance": "none"})  # fmt: skip
+    assert np.array_equal(by_model, explicit)
+    assert not np.allclose(by_model, np.asarray(restore(img, **other, **kw).mean))
+
+
+def test_guard_rejects_a_setting_that_lifts_the_background(tiny_fit):
+    """A restoration that adds an offset (as the inherited eta 20 did on the bead plane) or
+    draws dark moats fails the guard and is not chosen; if every setting fails, the closest
+    to passing is used and the record says so."""
+    from piddpm.fit.report import fitted_defaults
+    from piddpm.fit.tune import guard_metrics, tune_fitted_defaults
+    from piddpm.models import resolve_model
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:64, 0:64]
+    beads = sum(150 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 4.0) for y, x in
+                [(16, 16), (40, 20), (30, 48), (50, 50)])  # fmt: skip
+    img = (2.0 + beads + rng.normal(0, 0.05, (64, 64))).astype(np.float32)
+    ok = guard_metrics(img, img)
+    assert ok["level_shift"] == 0 and ok["dark_excess"] == 0 and ok["texture"] <= 1.0
+    lifted = guard_metrics(img + 5.0, img)  # 5 % of the signal range
+    assert lifted["level_shift"] > 0.02
+    ring = np.exp(-((np.hypot(yy - 30, xx - 48) - 5) ** 2) / 2.0)
+    moat = guard_metrics(img - 10.0 * ring, img)  # 11 % of the range deep
+    assert moat["dark_excess"] > 0.005 and abs(moat["level_shift"]) < 0.02
+
+    run, _ = tiny_fit
+    inherited = fitted_defaults(resolve_model("pi-ddpm-widefield").config["restore_defaults"])
+    micro = {"modality": "widefield", "na": 1.4, "ri": 1.518, "em_nm": 670, "pixel_um": 0.065}
+
+    def lifts_at_eta_20(image, settings):  # identity, plus an offset for the inherited eta 20
+        lift = settings.get("guidance") == "learned" and settings.get("eta") == 20.0
+        return image + (5.0 if lift else 0.0)
+
+    common = dict(eta_grid=(0.0, 5.0), n_pairs=1, size=64, guard_crop=64,
+                  log=lambda *_: None)  # fmt: skip
+    defaults, record = tune_fitted_defaults(run, inherited, [img], micro,
+                                            restore_fn=lifts_at_eta_20, **common)  # fmt: skip
+    first = record["trials"][0]
+    assert first["label"] == "eta 20 (inherited)" and not first["passes"] and not first["chosen"]
+    assert all(t["passes"] for t in record["trials"][1:]) and not record["all_failed"]
+    assert defaults["guidance"] == "none" or defaults["eta"] == 5.0
+
+    def always_lifts(image, settings):  # guidance none lifts least
+        return image + (3.0 if settings.get("guidance") == "none" else 5.0)
+
+    defaults, record = tune_fitted_defaults(run, inherited, [img], micro,
+                                            restore_fn=always_lifts, **common)  # fmt: skip
+    assert record["all_failed"] and record["chosen"] == "guidance none"
+    assert defaults["guidance"] == "none"

@@ -12,7 +12,10 @@ Fit a model to your microscope: estimate the camera noise from IMAGE(s), simulat
 pairs for exactly your optics (the PSF from piddpm.optics, or --psf a measured one, with a
 small random jitter of NA, wavelength, pixel size, defocus and aberrations) and your noise,
 and fine-tune the bundled PI-DDPM of the modality (or --from MODEL) within --minutes.
-Writes a run folder that `piddpm restore --model RUN` uses, with RUN/FIT_CARD.md comparing
+After training, the restore defaults (the guidance weight eta) are re-tuned for the fitted
+network on synthetic dev pairs, with a background guard on your images (--no-tune: keep the
+starting model's). Writes a run folder that `piddpm restore --model RUN` uses, with
+RUN/FIT_CARD.md comparing
 the fitted model with the starting model and Richardson-Lucy on held-out synthetic pairs of
 your microscope, and RUN/showcase/ with your image restored. Ctrl-C exports the newest
 checkpoint as the model; --resume continues.
@@ -61,10 +64,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--from", dest="start", default=None, metavar="MODEL",
                    help="model to fine-tune (default: the bundled PI-DDPM of the modality)")  # fmt: skip
     p.add_argument("--minutes", type=float, default=30.0,
-                   help="wall-clock budget (85 %% training, the rest evaluation)")  # fmt: skip
+                   help="wall-clock budget of the whole command (80 %% training, up to 8 %% "
+                   "re-tuning the restore defaults, the rest evaluation)")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue the fit in --out")
     p.add_argument("--report-only", action="store_true",
-                   help="no training: measure and write the card of the model in --out")  # fmt: skip
+                   help="no training: re-tune the restore defaults (unless --no-tune: keep "
+                   "those in --out/model.json), measure and write the card of the model in "
+                   "--out")  # fmt: skip
+    p.add_argument("--no-tune", action="store_true",
+                   help="keep the starting model's restore defaults instead of re-tuning the "
+                   "guidance weight for the fitted model on dev pairs and your images")  # fmt: skip
     p.add_argument("--offset", type=float, default=None,
                    help="camera offset (ADU) if known; default: fitted")  # fmt: skip
     p.add_argument("--photons", type=_range, default=None, metavar="LO,HI",
@@ -101,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         minutes=args.minutes,
         resume=args.resume,
         report_only=args.report_only,
+        tune=not args.no_tune,
         own_images=args.own_images,
         eval_n=args.eval_n,
         device=args.device,

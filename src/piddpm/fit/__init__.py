@@ -60,7 +60,8 @@ def _restore_microscope(plan: FitPlan) -> dict[str, Any]:
 
 
 def _finalise_model(out: Path, plan: FitPlan, start_defaults: dict, steps: int) -> None:
-    """Make ``RUN/model.json`` a usable model: restore defaults and a description."""
+    """Make ``RUN/model.json`` a usable model: the inherited restore defaults (re-tuned later
+    by :func:`_tune`) and a description."""
     from piddpm.fit.report import fitted_defaults
     from piddpm.models.files import read_model_doc, write_model_doc
 
@@ -69,11 +70,41 @@ def _finalise_model(out: Path, plan: FitPlan, start_defaults: dict, steps: int) 
     m = plan.microscope
     cfg["modality"] = m.modality
     cfg["restore_defaults"] = fitted_defaults(start_defaults)
+    cfg["restore_defaults_note"] = (
+        f"inherited from {plan.start_model} (its sampler settings, without its uncertainty "
+        "calibration); not re-tuned for the fitted network"
+    )
     cfg["description"] = (
         f"{plan.start_model} fine-tuned by piddpm fit for {m.modality} NA {m.na}, "
         f"{m.em_wavelength_nm:g} nm, {m.pixel_size_um * 1e3:.0f} nm pixels ({steps} steps)"
     )
     write_model_doc(out / "model.json", doc)
+
+
+def _tune(out: Path, plan: FitPlan, start_defaults: dict, deadline: float, log) -> dict:
+    """Re-tune the fitted model's restore defaults (:func:`piddpm.fit.tune.tune_fitted_defaults`:
+    an ``eta`` sweep on synthetic dev pairs with a background guard on the user's planes) and
+    write the choice and a note into ``RUN/model.json``. Returns the tuning record."""
+    from piddpm.fit.report import fitted_defaults
+    from piddpm.fit.tune import tune_fitted_defaults, tuning_note
+    from piddpm.models.files import read_model_doc, write_model_doc
+    from piddpm.models.tuning import validate_defaults
+
+    guards = [plan.planes[0]] + ([plan.planes[-1]] if len(plan.planes) > 1 else [])
+    log(f"re-tuning the restore defaults (dev pairs + a background guard on {len(guards)} of "
+        "your planes) ...")  # fmt: skip
+    defaults, record = tune_fitted_defaults(
+        out, fitted_defaults(start_defaults), guards, _restore_microscope(plan),
+        deadline=deadline, log=log,
+    )  # fmt: skip
+    validate_defaults(defaults, "pi-ddpm")
+    doc = read_model_doc(out / "model.json")
+    doc["config"]["restore_defaults"] = defaults
+    doc["config"]["restore_defaults_note"] = tuning_note(record, plan.start_model)
+    write_model_doc(out / "model.json", doc)
+    log(f"restore defaults: {record['chosen']}"
+        + (" (no setting passed the background guard)" if record["all_failed"] else ""))  # fmt: skip
+    return record
 
 
 def fit(
@@ -85,6 +116,7 @@ def fit(
     own_images: bool = False,
     eval_n: int = 32,
     report_only: bool = False,
+    tune: bool = True,
     device: str = "auto",
     progress: bool = True,
     log=print,
@@ -101,8 +133,10 @@ def fit(
         The run folder (a normal training run: ``model.json``, ``model.safetensors``,
         checkpoints, logs) plus ``fit.json``, ``FIT_CARD.md`` and ``showcase/``.
     minutes : float
-        Wall-clock budget: :data:`piddpm.fit.plan.TRAIN_SHARE` of it trains, the rest
-        evaluates.
+        Wall-clock budget of the whole command: :data:`piddpm.fit.plan.TRAIN_SHARE` of it
+        trains; the re-tuning stops trying new settings once
+        :data:`~piddpm.fit.plan.TRAIN_SHARE` + :data:`~piddpm.fit.plan.TUNE_SHARE` of it has
+        passed (at least two are always tried); the rest evaluates.
     resume : bool
         Continue an interrupted or finished fit in ``out_dir`` (another ``minutes``).
     own_images : bool
@@ -111,7 +145,14 @@ def fit(
     eval_n : int
         Held-out synthetic pairs for the card (0: none).
     report_only : bool
-        No training: measure and write the card of the model already in ``out_dir``.
+        No training: re-tune (unless ``tune`` is False), measure and write the card of the
+        model already in ``out_dir``.
+    tune : bool
+        After training, re-tune the restore defaults for the fitted network
+        (:func:`piddpm.fit.tune.tune_fitted_defaults`: the guidance weight ``eta`` on
+        synthetic dev pairs, with a background guard on the user's planes) and write them
+        into ``model.json``. False: a fresh fit keeps the starting model's defaults;
+        ``report_only`` keeps the defaults ``model.json`` holds.
     device, progress, log
         Training device (``auto``: CUDA when present), a progress bar, a message sink.
     **microscope_and_noise
@@ -150,7 +191,8 @@ def fit(
     start_defaults = dict(start.config.get("restore_defaults") or {})
     report: dict[str, Any] = {"plan": plan.as_dict()}
     if report_only:
-        return _report(out, plan, start, start_defaults, report, eval_n, t0, log)
+        return _report(out, plan, start, start_defaults, report, eval_n, t0, log,
+                       tune=tune, minutes=minutes)  # fmt: skip
     try:
         result = train(plan.config, out_dir=out, resume=resume, device=device, progress=progress)
     except KeyboardInterrupt:
@@ -166,12 +208,16 @@ def fit(
     report["training"] = {"steps": result.step, "seconds": train_s,
                           "device": str(next(result.ema.parameters()).device),
                           "stopped_by_time_limit": result.stopped_by_time_limit}  # fmt: skip
-    return _report(out, plan, start, start_defaults, report, eval_n, t0, log)
+    return _report(out, plan, start, start_defaults, report, eval_n, t0, log, tune=tune,
+                   minutes=minutes)  # fmt: skip
 
 
-def _report(out: Path, plan, start, start_defaults, report, eval_n, t0, log) -> FitResult:
-    """The held-out comparison, the showcase and the card of a trained fit. The card is
-    written after each part, so a failure in a later one loses nothing measured."""
+def _report(
+    out: Path, plan, start, start_defaults, report, eval_n, t0, log, *, tune: bool, minutes: float
+) -> FitResult:
+    """The re-tuning, the held-out comparison, the showcase and the card of a trained fit.
+    The card is written after each part, so a failure in a later one loses nothing measured."""
+    from piddpm.fit.plan import TRAIN_SHARE, TUNE_SHARE
     from piddpm.fit.report import compare_on_heldout, restore_showcase, write_card
     from piddpm.models.files import read_model_doc
 
@@ -181,14 +227,27 @@ def _report(out: Path, plan, start, start_defaults, report, eval_n, t0, log) -> 
                               "device": "see model.json", "stopped_by_time_limit":
                               training.get("stopped_by_time_limit")}  # fmt: skip
     start_dir = start.config_path.parent
+    if tune:
+        deadline = (
+            time.monotonic()
+            - (time.perf_counter() - t0)
+            + ((TRAIN_SHARE + TUNE_SHARE) * minutes * 60.0)
+        )
+        report["tuning"] = _tune(out, plan, start_defaults, deadline, log)
+        write_card(out, report)
+    cfg = read_model_doc(out / "model.json")["config"]
+    fitted = dict(cfg.get("restore_defaults") or {})
+    report["restore_defaults"] = {"values": fitted, "note": cfg.get("restore_defaults_note"),
+                                  "tuned": tune}  # fmt: skip
     if eval_n > 0:
         log(f"held-out comparison on {eval_n} synthetic pairs of this microscope ...")
-        report["heldout"] = compare_on_heldout(out, start_dir, start_defaults, n=eval_n, log=log)
+        report["heldout"] = compare_on_heldout(out, start_dir, start_defaults, fitted, n=eval_n,
+                                               log=log)  # fmt: skip
         write_card(out, report)
     log("restoring your image ...")
     try:
         report["showcase"] = restore_showcase(
-            plan.planes[0], out, start_dir, start_defaults, _restore_microscope(plan),
+            plan.planes[0], out, start_dir, start_defaults, fitted, _restore_microscope(plan),
             psf_file=plan.config.data.psf_file, log=log,
         )  # fmt: skip
     except PiddpmError as err:

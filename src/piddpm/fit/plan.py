@@ -14,11 +14,16 @@ import numpy as np
 
 from piddpm import PiddpmError
 
-__all__ = ["FitPlan", "plan_fit", "read_planes", "TRAIN_SHARE"]
+__all__ = ["FitPlan", "plan_fit", "read_planes", "TRAIN_SHARE", "TUNE_SHARE"]
 
-#: Share of ``--minutes`` given to training; the rest pays for the PSF bank, the held-out
-#: comparison and the restoration of the user's image (measured: 10-15 % on 2 CPU cores).
-TRAIN_SHARE = 0.85
+#: Share of ``--minutes`` given to training; the rest pays for the PSF bank, the re-tuning of
+#: the restore defaults, the held-out comparison and the restoration of the user's image
+#: (measured at 30 minutes on 2 CPU cores: 1.6-1.9 min for the PSF bank, card and showcase;
+#: about 1.5 min for the re-tuning).
+TRAIN_SHARE = 0.80
+#: Share of ``--minutes`` after which the re-tuning tries no further setting (it starts when
+#: training ends and may use what training left, up to TRAIN_SHARE + TUNE_SHARE of the budget).
+TUNE_SHARE = 0.08
 #: Planes per file used for the noise fit and the showcase (a stack's middle planes).
 MAX_PLANES_PER_FILE = 8
 

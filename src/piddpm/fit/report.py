@@ -29,16 +29,24 @@ def fitted_defaults(start_defaults: dict[str, Any]) -> dict[str, Any]:
 
 
 def compare_on_heldout(
-    run_dir: Path, start_dir: Path, start_defaults: dict, *, n: int, size: int = 128, log=print
+    run_dir: Path,
+    start_dir: Path,
+    start_defaults: dict,
+    fitted: dict | None = None,
+    *,
+    n: int,
+    size: int = 128,
+    log=print,
 ) -> dict[str, Any]:
     """PSNR / MS-SSIM / NRMSE of input, RL (true PSF, automatic stop), the starting model and
-    the fitted model on ``n`` held-out pairs drawn like the fit's training data (its
-    microscope with jitter and its noise ranges) from seed :data:`EVAL_SEED`."""
+    the fitted model (with its restore defaults ``fitted``; default the inherited ones) on
+    ``n`` held-out pairs drawn like the fit's training data (its microscope with jitter and
+    its noise ranges) from seed :data:`EVAL_SEED`."""
     pairs = synthetic_pairs(run_dir, n=n, seed=EVAL_SEED, size=size)
     runs = [
         ("rl", None, {}, "rl"),
         ("start", start_dir, start_defaults, None),
-        ("fitted", run_dir, fitted_defaults(start_defaults), None),
+        ("fitted", run_dir, fitted_defaults(fitted or start_defaults), None),
     ]
     per: dict[str, list[dict[str, float]]] = {
         "input": [score(p["observed"].astype(np.float64), p["gt"]) for p in pairs]
@@ -80,6 +88,7 @@ def restore_showcase(
     run_dir: Path,
     start_dir: Path,
     start_defaults: dict,
+    fitted: dict | None,
     microscope: dict,
     *,
     crop: int = 512,
@@ -88,7 +97,8 @@ def restore_showcase(
     log=print,
 ) -> dict[str, Any]:
     """Restore the user's plane (its centre, at most ``crop`` px square) with RL (PSF from the
-    microscope, or the measured ``psf_file``), the starting model and the fitted model; write TIFFs and a PNG with a
+    microscope, or the measured ``psf_file``), the starting model and the fitted model (with
+    its restore defaults ``fitted``; None: the inherited ones); write TIFFs and a PNG with a
     stretched display range (1st-99.5th percentile of the input) under ``RUN/showcase``."""
     from piddpm.io import write_image, write_png
     from piddpm.models.tuning import restore_kwargs
@@ -111,7 +121,10 @@ def restore_showcase(
     for key, kw in (
         ("rl", rl),
         ("start", {"model": str(start_dir), **restore_kwargs(start_defaults)}),
-        ("fitted", {"model": str(run_dir), **restore_kwargs(fitted_defaults(start_defaults))}),
+        (
+            "fitted",
+            {"model": str(run_dir), **restore_kwargs(fitted_defaults(fitted or start_defaults))},
+        ),  # fmt: skip
     ):
         t0 = time.perf_counter()
         results[key] = np.asarray(restore(img, **common, **kw).mean, np.float32)
@@ -143,6 +156,50 @@ def _table(rows: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
+def _tuning_lines(report: dict[str, Any]) -> list[str]:
+    """The card's section on the restore defaults: the sweep table and the choice."""
+    tu = report.get("tuning")
+    rd = report.get("restore_defaults") or {}
+    if not tu:
+        if not rd:
+            return []
+        v = rd.get("values", {})
+        return ["", "## Restore defaults", "",
+                f"Not re-tuned (`--no-tune`): guidance {v.get('guidance')}, eta {v.get('eta')}, "
+                f"lam {v.get('lam')}, {v.get('steps')} {v.get('sampler')} steps. "
+                f"Note: {rd.get('note')}."]  # fmt: skip
+    lines = [
+        "",
+        "## Restore defaults (re-tuned for the fitted network)",
+        "",
+        f"Dev PSNR on {tu['n_pairs']} synthetic pairs of {tu['size']}² of this microscope "
+        f"(seed {tu['seed']}, not the held-out test's); background guard on the centre "
+        f"{tu['guard_crop']}² of {tu['guard_images']} of your planes (worst plane): level "
+        "shift = restored background median minus the input's, over the input's signal "
+        "range; dark excess = share of pixels more than 5 % of that range below the input's "
+        "background, minus the input's share; texture = 2-8 px band-pass rms of the "
+        "background over the input's (floored at 1 % of the range).",
+        "",
+        "| setting | dev PSNR (dB) | level shift | dark excess | texture | guard | chosen |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+    for t in tu["trials"]:
+        w = t["worst"]
+        lines.append(
+            f"| {t['label']} | {t['psnr_db']:.2f} | {w['level_shift']:+.4f} | "
+            f"{w['dark_excess']:+.4f} | {w['texture']:.2f} | "
+            f"{'pass' if t['passes'] else 'REJECTED'} | {'**yes**' if t['chosen'] else ''} |"
+        )
+    lines += ["", f"Rule: {tu['rule']}."
+              + (" **No setting passed the guard**; the one closest to passing is used."
+                 if tu["all_failed"] else "")
+              + (f" Not tried (time budget): {', '.join(tu['cut_short'])}."
+                 if tu["cut_short"] else "")
+              + f" Chosen: **{tu['chosen']}**, written to `model.json` `restore_defaults` "
+              f"({tu['seconds']:.0f} s)."]  # fmt: skip
+    return lines
+
+
 def write_card(run_dir: Path, report: dict[str, Any]) -> Path:
     """Write ``RUN/fit.json`` (everything measured) and ``RUN/FIT_CARD.md`` (for people)."""
     from piddpm.config import write_text_atomic
@@ -169,6 +226,7 @@ def write_card(run_dir: Path, report: dict[str, Any]) -> Path:
         f"- Simulated: photons at the brightest pixel {noise['photons']}, background fraction "
         f"{noise['background_fraction']}, read noise {noise['read_noise']} e-.",
     ]
+    lines += _tuning_lines(report)
     if ev:
         lines += ["", f"## Held-out synthetic test ({ev['n']} pairs of {ev['size']}², seed "
                   f"{ev['seed']}, this microscope and noise)", ""] + _table(ev["rows"])  # fmt: skip
