@@ -30,6 +30,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="the fit run folder")
     ap.add_argument("images", type=Path, help="folder with *.ome.tif camera images and gt_*")
+    ap.add_argument("--inherited", action="store_true", help="also restore with the starting "
+                    "model's restore defaults (the fit's defaults before re-tuning)")  # fmt: skip
     args = ap.parse_args()
     plan = json.loads((args.run / "fit.json").read_text())["plan"]
     m = plan["microscope"]
@@ -40,8 +42,12 @@ def main() -> None:
     methods = {
         "rl": {"method": "rl"},
         "start": {"model": str(start.config_path.parent), **restore_kwargs(defaults)},
-        "fitted": {"model": str(args.run), **restore_kwargs(fitted_defaults(defaults))},
+        # the run's own restore_defaults (model.json: re-tuned by piddpm fit unless --no-tune)
+        "fitted": {"model": str(args.run)},
     }
+    if args.inherited:
+        methods["fitted-inherited"] = {"model": str(args.run),
+                                       **restore_kwargs(fitted_defaults(defaults))}  # fmt: skip
     rows: dict[str, list[tuple[float, float]]] = {k: [] for k in ("input", *methods)}
     seconds: dict[str, float] = dict.fromkeys(rows, 0.0)
     cams = sorted(p for p in args.images.glob("*.ome.tif") if not p.name.startswith("gt_"))
