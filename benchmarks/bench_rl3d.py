@@ -2,9 +2,9 @@
 stack narrowed axially.
 
 Run: ``python benchmarks/bench_rl3d.py [--threads 1] [--device cpu|cuda] [--skip-skimage]
-[--large 1024] [--bead-steps 30]``
+[--large 1024] [--bead-steps 30] [--redlionfish PYTHON [--only-redlionfish] [--repeats 2]]``
 
-Prints four tables:
+Prints four tables (five with ``--redlionfish``):
 
 1. Agreement: :func:`piddpm.baselines.richardson_lucy_3d` against
    ``skimage.restoration.richardson_lucy`` (n-D) on a 32 x 64 x 64 bead scene blurred by a
@@ -20,11 +20,19 @@ Prints four tables:
    NA 0.95 air, 520 nm, 108 x 108 x 300 nm voxels; from ``../shared/data`` or
    ``$PIDDPM_SHARED_DATA``) restored with ``rl-3d`` and the computed PSF: median lateral
    and axial FWHM of the isolated beads before and after.
+4. ``--redlionfish PYTHON``: side by side with RedLionfish's CPU path
+   (``RedLionfishDeconv.doRLDeconvolutionFromNpArrays(..., method="cpu")``, pip package
+   ``redlionfish``), which runs under ``PYTHON``, an interpreter of a separate virtual
+   environment (RedLionfish is not a dependency of piddpm): 256^3 x 10 iterations with the
+   computed 31^3 PSF, both on one thread, timed alternately (a subprocess per RedLionfish run,
+   timing only the deconvolution call; best of ``--repeats``), and the agreement of the two
+   results ``m`` voxels from every border. ``--only-redlionfish`` skips the other tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -137,6 +145,114 @@ def speed(device, skip_skimage: bool, large: int) -> None:
               "(4-core CPU), 37 s (RTX 3090) |")  # fmt: skip
 
 
+# Runs under RedLionfish's interpreter: argv = volume.npy psf.npy out.npy iterations.
+RLF_WORKER = r"""
+import json, sys, time
+from importlib.metadata import version
+import numpy as np, scipy, scipy.fft
+from RedLionfishDeconv import doRLDeconvolutionFromNpArrays
+vol, psf = np.load(sys.argv[1]), np.load(sys.argv[2])
+t0 = time.perf_counter()
+out = doRLDeconvolutionFromNpArrays(vol, psf, niter=int(sys.argv[4]), method="cpu")
+t = time.perf_counter() - t0
+if out is None:
+    sys.exit("RedLionfish's CPU path returned None (it logs the error at INFO level)")
+np.save(sys.argv[3], out)
+print(json.dumps({"seconds": t, "redlionfish": version("redlionfish"), "numpy": np.__version__,
+                  "scipy": scipy.__version__, "fft_workers": scipy.fft.get_workers()}))
+"""
+
+
+def rlf_emulation(vol: np.ndarray, psf: np.ndarray, niter: int, fixed: bool = False):
+    """RedLionfish's CPU iteration (``RLDeconv3DScipy.doRLDeconvolution_DL2_4``) restated:
+    periodic FFT convolutions on the stack's grid, the estimate started from the data, the
+    PSF zero-padded to the stack centred at ``(n - k) // 2 + k // 2`` and moved by ``-n // 2``
+    (``circulify3D``), its adjoint ``np.flip`` of that. Returns the result and the offsets of
+    the forward and adjoint PSF centres from the origin (0 is centred).
+
+    ``fixed``: the same periodic iteration with the PSF centred (forward and adjoint) and
+    the estimate started from the data's mean, as piddpm and scikit-image do, so that only
+    the boundary model differs from piddpm."""
+    import scipy.fft as sfft
+
+    n, k = vol.shape, psf.shape
+
+    def wrap(i, a):
+        return (i + a // 2) % a - a // 2
+
+    fwd = tuple(wrap((a - b) // 2 + b // 2 - a // 2, a) for a, b in zip(n, k, strict=True))
+    if fixed:
+        fwd = (0, 0, 0)
+    adj = tuple(wrap(a - 1 - f % a, a) for a, f in zip(n, fwd, strict=True))
+    kern = np.zeros(n, np.float32)
+    kern[: k[0], : k[1], : k[2]] = psf / psf.sum()
+    kern = np.roll(kern, tuple(f - b // 2 for f, b in zip(fwd, k, strict=True)), (0, 1, 2))
+    flipped = np.roll(np.flip(kern), (1, 1, 1), (0, 1, 2)) if fixed else np.flip(kern)
+    otf, otf_adj = sfft.rfftn(kern), sfft.rfftn(flipped)
+    x = np.full_like(vol, vol.mean()) if fixed else vol.astype(np.float32)
+    for _ in range(niter):
+        u = sfft.irfftn(sfft.rfftn(x) * otf, n)
+        x = x * sfft.irfftn(sfft.rfftn(vol / np.where(u == 0, 1e-14, u)) * otf_adj, n)
+    return x, fwd, (0, 0, 0) if fixed else adj
+
+
+def redlionfish(device, python: str, repeats: int) -> None:
+    from piddpm.baselines import richardson_lucy_3d
+    from piddpm.optics.kernels import make_psf_3d
+
+    psf = make_psf_3d(na=1.0, em_nm=520, pixel_um=0.1, z_step_um=0.2, n_z=31, size=31)
+    vol = scene((256, 256, 256), 2000, psf)
+    niter = 10
+    print(f"\n## Side by side with RedLionfish (CPU), 256^3 x {niter} it., PSF 31^3")
+    if torch.get_num_threads() != 1:
+        print(f"note: piddpm runs on {torch.get_num_threads()} torch threads (--threads)")
+    richardson_lucy_3d(vol[:32, :64, :64], psf[:15, :15, :15], 1, device=device)  # warm-up
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               OPENBLAS_NUM_THREADS="1", NUMEXPR_NUM_THREADS="1")  # fmt: skip
+    ours_t, theirs_t, info = [], [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [str(Path(tmp, f)) for f in ("vol.npy", "psf.npy", "out.npy")]
+        np.save(files[0], vol)
+        np.save(files[1], psf)
+        for _ in range(repeats):
+            cmd = [python, "-c", RLF_WORKER, *files, str(niter)]
+            run = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if run.returncode:
+                print(f"RedLionfish failed under {python}: {run.stderr.strip()[-500:]}")
+                return
+            info = json.loads(run.stdout.strip().splitlines()[-1])
+            theirs_t.append(info["seconds"])
+            ours, t = timed(lambda: richardson_lucy_3d(vol, psf, niter, device=device))
+            ours_t.append(t)
+        theirs = np.load(files[2])
+    print(f"RedLionfish {info['redlionfish']} (numpy {info['numpy']}, scipy {info['scipy']}; "
+          f"CPU path = scipy.fft (pocketfft) on {info['fft_workers']} worker(s) + NumPy); "
+          f"piddpm on {torch.get_num_threads()} torch thread(s), device {device}")  # fmt: skip
+    print(f"| job | piddpm | RedLionfish CPU | ratio | (best of {repeats}, alternated) |")
+    print("|---|---|---|---|---|")
+    t, b = min(ours_t), min(theirs_t)
+    print(f"| 256^3 x {niter} it., PSF 31^3 | {t:.1f} s | {b:.1f} s | {b / t:.1f}x | "
+          f"all runs: piddpm {', '.join(f'{v:.1f}' for v in ours_t)} s; "
+          f"RedLionfish {', '.join(f'{v:.1f}' for v in theirs_t)} s |")  # fmt: skip
+    emu, fwd, adj = rlf_emulation(vol, psf, niter)
+    periodic = rlf_emulation(vol, psf, niter, fixed=True)[0]
+    ours = np.asarray(ours)
+    margins = (0, 16, 32, 48, 64, 96)
+    print(f"\nmax |a - b| / max |b|, m voxels from every border (RedLionfish's forward PSF "
+          f"centred at {fwd}, its adjoint at {adj} voxels)")  # fmt: skip
+    print("| a vs b | " + " | ".join(f"m = {m}" for m in margins) + " |")
+    print("|---|" + "---|" * len(margins))
+    rows = {"piddpm vs RedLionfish": (ours, theirs),
+            "RedLionfish vs its iteration restated in NumPy": (theirs, emu),
+            "piddpm vs that iteration with the PSF centred and a constant start": (ours, periodic)}  # fmt: skip
+    for name, (a, ref) in rows.items():
+        errs = []
+        for m in margins:
+            inner = tuple(slice(m, s - m) for s in vol.shape)
+            errs.append(np.abs(a[inner] - ref[inner]).max() / np.abs(ref[inner]).max())
+        print(f"| {name} | " + " | ".join(f"{e:.1e}" for e in errs) + " |")
+
+
 def isolated_beads(stack: np.ndarray, half: int = 12, min_sep: int = 14, max_n: int = 40):
     """Centres (z, y, x) of bright isolated beads, away from the XY borders."""
     from scipy import ndimage
@@ -210,14 +326,24 @@ def main() -> None:
     parser.add_argument("--skip-speed", action="store_true", help="no speed table")
     parser.add_argument("--large", type=int, default=1024, help="N of N x N x 35 (0: none)")
     parser.add_argument("--bead-steps", type=int, default=30, help="RL iterations on beads")
+    parser.add_argument("--redlionfish", metavar="PYTHON",
+                        help="interpreter of a venv with `pip install redlionfish`: compare")  # fmt: skip
+    parser.add_argument("--only-redlionfish", action="store_true",
+                        help="only the RedLionfish comparison (needs --redlionfish)")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=2, help="RedLionfish comparison runs")
     args = parser.parse_args()
+    if args.only_redlionfish and not args.redlionfish:
+        parser.error("--only-redlionfish needs --redlionfish PYTHON")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {device}")
-    agreement(device)
-    if not args.skip_speed:
-        speed(device, args.skip_skimage, args.large)
-    bead_stack(device, args.bead_steps)
+    if not args.only_redlionfish:
+        agreement(device)
+        if not args.skip_speed:
+            speed(device, args.skip_skimage, args.large)
+        bead_stack(device, args.bead_steps)
+    if args.redlionfish:
+        redlionfish(device, args.redlionfish, max(args.repeats, 1))
 
 
 if __name__ == "__main__":
