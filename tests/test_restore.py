@@ -508,8 +508,33 @@ def test_calibration_fits_and_stores_the_factor(tmp_path, monkeypatch):
     result = calibration.calibrate_spread(folder, pairs=2, size=32, samples=2, options={"steps": 2})
     assert result["std_scale"] > 0
     assert result["test"]["after"]["mean_abs_error"] <= 1.0
+    assert result["std_gradient"] >= 0 and "scale_and_floor_only" in result
     calibration.store_std_scale(folder, result)
-    assert resolve_model(folder).restore_defaults["std_scale"] == result["std_scale"]
+    defaults = resolve_model(folder).restore_defaults
+    assert defaults["std_scale"] == result["std_scale"]
+    assert defaults["std_gradient"] == result["std_gradient"]
+
+
+def test_restore_applies_the_gradient_term_of_the_calibrated_spread(tmp_path):
+    """std = (c * raw + f + g * |grad mean|) * half-range, the mean in model units: the
+    difference between two models that differ only in ``g`` is ``g`` times the gradient of
+    the restored mean (model units) times the half range."""
+    from piddpm.metrics import mean_gradient
+    from piddpm.models.files import read_model_doc, write_model_doc
+
+    folder = make_model(tmp_path / "m", "pi-ddpm")
+    obs = np.random.default_rng(5).poisson(40.0, (40, 36)).astype(np.float32)
+    kw = dict(steps=2, samples=2, seed=3, progress=False, device="cpu", percentiles=(0, 100))
+    base = restore(obs, model=str(folder), **kw)
+    doc = read_model_doc(folder / "model.json")
+    doc["config"].setdefault("restore_defaults", {})["std_gradient"] = 0.25
+    write_model_doc(folder / "model.json", doc)
+    res = restore(obs, model=str(folder), **kw)
+    assert res.metadata["std_gradient"] == 0.25
+    np.testing.assert_array_equal(res.mean, base.mean)
+    half = (obs.max() - obs.min()) / 2.0
+    expected = 0.25 * mean_gradient(np.asarray(res.mean, np.float64) / half) * half
+    np.testing.assert_allclose(res.std - base.std, expected, rtol=1e-4, atol=1e-5 * half)
 
 
 def test_bf16_autocast_is_a_model_default_used_only_where_bf16_is_native(tmp_path):

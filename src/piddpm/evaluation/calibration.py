@@ -1,13 +1,17 @@
-"""Calibrated spread: fit a per-model factor for the posterior std on synthetic dev pairs.
+"""Calibrated spread: fit how a diffusion model's posterior std maps to its error, on
+synthetic dev pairs.
 
 The per-pixel std over a few posterior samples is too narrow or too wide for a given model
 (measured: 1/2/3-sigma coverage errors of 0.12-0.29 on synthetic test pairs before this
-step). :func:`calibrate_spread` restores synthetic pairs drawn like the model's training data
-(a *dev* seed, never the test seed), fits one factor ``c`` with
-:func:`piddpm.metrics.fit_std_scale`, and reports the coverage on a second, held-out set
-(test seed) before and after. :func:`store_std_scale` writes ``c`` into model.json's
-``restore_defaults.std_scale``, which :func:`piddpm.restore.restore` multiplies into the std
-it returns (``--uncertainty``).
+step), and its error is heavy-tailed: concentrated at edges. :func:`calibrate_spread`
+restores synthetic pairs drawn like the model's training data (a *dev* seed, never the test
+seed), fits the spread ``c * std + f + g * |grad mean|`` with
+:func:`piddpm.metrics.fit_spread` (a scale, a floor, and spread in proportion to the local
+gradient of the restored mean), and reports the coverage on a second, held-out set (test
+seed) before and after, beside the scale-and-floor-only fit. :func:`store_std_scale` writes
+``c``, ``f`` and ``g`` into model.json's ``restore_defaults`` (``std_scale``, ``std_floor``,
+``std_gradient``), which :func:`piddpm.restore.restore` applies to the std it returns
+(``--uncertainty``).
 
 Run it as ``python scripts/calibrate_spread.py MODEL_DIR``.
 """
@@ -46,6 +50,7 @@ def _pairs(entry, n: int, size: int, seed: int):
 
 
 def _restore_pairs(model, pairs, samples: int, options: dict[str, Any]):
+    from piddpm.metrics import mean_gradient
     from piddpm.normalisation import intensity_range
     from piddpm.restore import restore
 
@@ -58,10 +63,13 @@ def _restore_pairs(model, pairs, samples: int, options: dict[str, Any]):
             warnings.simplefilter("ignore", UserWarning)
             res = restore(obs, model=model, samples=samples, seed=i, progress=False, **options)
         md = res.metadata
-        raw = (np.asarray(res.std, np.float64) / half - (md.get("std_floor") or 0.0)) / max(
+        mean = np.asarray(res.mean, np.float64) / half
+        # undo a calibration already in the model: spread = c * raw + f + g * |grad mean|
+        extra = (md.get("std_floor") or 0.0) + (md.get("std_gradient") or 0.0) * mean_gradient(mean)
+        raw = (np.asarray(res.std, np.float64) / half - extra) / max(
             md.get("std_scale") or 1.0, 1e-12
-        )  # undo a calibration already in the model
-        means.append(np.asarray(res.mean, np.float64) / half)
+        )
+        means.append(mean)
         stds.append(np.clip(raw, 0.0, None))
         gts.append(item["gt"][0].numpy().astype(np.float64) / half)
     return np.stack(means), np.stack(stds), np.stack(gts)
@@ -96,7 +104,7 @@ def calibrate_spread(
         ``std_scale``, ``samples``, ``dev`` and ``test`` (each ``before`` / ``after``:
         observed coverage at 1/2/3 sigma and mean absolute coverage error).
     """
-    from piddpm.metrics import fit_std_scale, uncertainty_calibration
+    from piddpm.metrics import fit_spread, fit_std_scale, mean_gradient, uncertainty_calibration
     from piddpm.models import resolve_model
 
     if samples < 2:
@@ -107,8 +115,11 @@ def calibrate_spread(
     opts = dict(options or {})
     out: dict[str, Any] = {"samples": samples, "pairs": pairs, "size": size, "options": opts}
     dev = _restore_pairs(model, _pairs(entry, pairs, size, DEV_SEED), samples, opts)
-    scale, floor, dev_after = fit_std_scale(*dev, floor=True)
+    fit = fit_spread(*dev)
+    scale, floor, grad_w = fit["scale"], fit["floor"], fit["gradient"]
+    plain_scale, plain_floor, plain_dev = fit_std_scale(*dev, floor=True)
     test = _restore_pairs(model, _pairs(entry, pairs, size, TEST_SEED), samples, opts)
+    test_mean, test_std, test_gt = test
 
     def summary(cal):
         return {
@@ -116,27 +127,38 @@ def calibrate_spread(
             "mean_abs_error": round(float(cal["mean_abs_error"]), 4),
         }
 
+    spread = scale * test_std + floor + grad_w * mean_gradient(test_mean)
+    plain = plain_scale * test_std + plain_floor
     out.update(
         std_scale=round(scale, 4),
         std_floor=round(floor, 5),
+        std_gradient=round(grad_w, 5),
+        spread="std_scale * std + std_floor + std_gradient * |grad mean| (model units)",
         expected=[0.6827, 0.9545, 0.9973],
         dev={
             "seed": DEV_SEED,
             "before": summary(uncertainty_calibration(*dev)),
-            "after": summary(dev_after),
+            "after": summary(fit["calibration"]),
         },
         test={
             "seed": TEST_SEED,
             "before": summary(uncertainty_calibration(*test)),
-            "after": summary(uncertainty_calibration(test[0], scale * test[1] + floor, test[2])),
+            "after": summary(uncertainty_calibration(test_mean, spread, test_gt)),
+        },
+        scale_and_floor_only={
+            "std_scale": round(plain_scale, 4),
+            "std_floor": round(plain_floor, 5),
+            "dev": summary(plain_dev),
+            "test": summary(uncertainty_calibration(test_mean, plain, test_gt)),
         },
     )
     return out
 
 
 def store_std_scale(model_dir: str | os.PathLike, result: dict[str, Any]) -> Path:
-    """Write ``result["std_scale"]`` (and the measurement) into ``model_dir/model.json``
-    (``restore_defaults.std_scale``, ``calibration``); atomic replace."""
+    """Write the fitted spread (``std_scale``, ``std_floor``, ``std_gradient``) and the
+    measurement into ``model_dir/model.json`` (``restore_defaults``, ``calibration``);
+    atomic replace."""
     from piddpm.models.files import read_model_doc, write_model_doc
 
     path = Path(model_dir) / "model.json"
@@ -147,5 +169,6 @@ def store_std_scale(model_dir: str | os.PathLike, result: dict[str, Any]) -> Pat
     rd = cfg.setdefault("restore_defaults", {})
     rd["std_scale"] = float(result["std_scale"])
     rd["std_floor"] = float(result.get("std_floor", 0.0))
+    rd["std_gradient"] = float(result.get("std_gradient", 0.0))
     cfg["calibration"] = result
     return write_model_doc(path, doc)

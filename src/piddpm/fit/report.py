@@ -19,7 +19,7 @@ __all__ = ["compare_on_heldout", "restore_showcase", "write_card"]
 
 #: Keys of the starting model's restore defaults that belong to that model only (its
 #: uncertainty calibration); the fitted model does not inherit them.
-CALIBRATION_KEYS = ("std_scale", "std_floor")
+CALIBRATION_KEYS = ("std_scale", "std_floor", "std_gradient")
 
 
 def fitted_defaults(start_defaults: dict[str, Any]) -> dict[str, Any]:

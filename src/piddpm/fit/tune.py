@@ -189,14 +189,7 @@ def tune_fitted_defaults(
         ``all_failed``, ``cut_short`` (candidates skipped for time), ``seconds``.
     """
     from piddpm.models.files import read_model_doc
-    from piddpm.models.tuning import (
-        DEV_SEED,
-        EVAL_SEED,
-        restore_kwargs,
-        restore_pairs,
-        score,
-        synthetic_pairs,
-    )
+    from piddpm.models.tuning import DEV_SEED, EVAL_SEED, restore_kwargs, synthetic_pairs
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -230,37 +223,9 @@ def tune_fitted_defaults(
     for i, (label, change) in enumerate(candidates):
         if i >= min_trials and deadline is not None and time.monotonic() > deadline:
             break
-        settings = {**inherited, **change}
-        t1 = time.perf_counter()
-        with warnings.catch_warnings():  # model-unit pairs carry no pixel size, by design
-            warnings.filterwarnings("ignore", message=".*no microscope given.*")
-            ests = restore_pairs(run_dir, pairs, {**settings, "tile": size, "overlap": size // 4})
-        vals = [score(e, p["gt"])["psnr_db"] for e, p in zip(ests, pairs, strict=True)]
-        psnr = float(np.mean(vals)) if all(np.isfinite(vals)) else -math.inf
-        guards = [guard_metrics(restore_fn(c, settings), c) for c in crops]
-        worst = {
-            "level_shift": max((g["level_shift"] for g in guards), key=abs),
-            "dark_excess": max(g["dark_excess"] for g in guards),
-            "texture": max(g["texture"] for g in guards),
-        }
-        trial = {"label": label, "change": change, "psnr_db": psnr, "guard": guards,
-                 "guidance": settings.get("guidance"), "eta": settings.get("eta"),
-                 "worst": worst, "passes": _passes(worst),
-                 "seconds": time.perf_counter() - t1}  # fmt: skip
-        trials.append(trial)
-        log(f"  tune {label:24s} dev PSNR {psnr:6.2f} dB  background shift "
-            f"{worst['level_shift']:+.4f}, dark {worst['dark_excess']:+.4f}, texture "
-            f"{worst['texture']:.2f}  {'ok' if trial['passes'] else 'REJECTED'} "
-            f"({trial['seconds']:.0f} s)")  # fmt: skip
-    passing = [t for t in trials if t["passes"]]
-    if passing:
-        best = max(t["psnr_db"] for t in passing)
-        near = [t for t in passing if t["psnr_db"] >= best - tolerance_db]
-        chosen = min(near, key=_strength)
-    else:
-        chosen = min(trials, key=lambda t: _violation(t["worst"]))
-    for t in trials:
-        t["chosen"] = t is chosen
+        trials.append(_trial(run_dir, pairs, crops, label, change, inherited, size, restore_fn))
+        log(_trial_line(trials[-1]))
+    chosen, passing = _choose(trials, tolerance_db)
     defaults = {**inherited, **chosen["change"]}
     record = {
         "trials": trials,
@@ -268,12 +233,7 @@ def tune_fitted_defaults(
         "chosen_settings": {k: defaults.get(k) for k in ("guidance", "eta", "lam", "regulariser")},
         "all_failed": not passing,
         "cut_short": [label for label, _ in candidates[len(trials) :]],
-        "rule": (
-            f"best dev PSNR among the settings passing the background guard (|level "
-            f"shift| <= {GUARD_LIMITS['level_shift']}, dark excess <= "
-            f"{GUARD_LIMITS['dark_excess']}, texture <= {GUARD_LIMITS['texture']}); within "
-            f"{tolerance_db:g} dB of it the weakest guidance"
-        ),  # fmt: skip
+        "rule": _rule_text(tolerance_db),
         "limits": dict(GUARD_LIMITS),
         "n_pairs": n_pairs,
         "size": size,
@@ -283,6 +243,62 @@ def tune_fitted_defaults(
         "seconds": time.perf_counter() - t0,
     }
     return defaults, record
+
+
+def _rule_text(tolerance_db: float) -> str:
+    """The choice rule, in words, for the record and the card."""
+    return (
+        f"best dev PSNR among the settings passing the background guard (|level "
+        f"shift| <= {GUARD_LIMITS['level_shift']}, dark excess <= "
+        f"{GUARD_LIMITS['dark_excess']}, texture <= {GUARD_LIMITS['texture']}); within "
+        f"{tolerance_db:g} dB of it the weakest guidance"
+    )
+
+
+def _trial(run_dir, pairs, crops, label, change, inherited, size, restore_fn) -> dict[str, Any]:
+    """One candidate of :func:`tune_fitted_defaults`: dev PSNR and the background guard."""
+    from piddpm.models.tuning import restore_pairs, score
+
+    settings = {**inherited, **change}
+    t1 = time.perf_counter()
+    with warnings.catch_warnings():  # model-unit pairs carry no pixel size, by design
+        warnings.filterwarnings("ignore", message=".*no microscope given.*")
+        ests = restore_pairs(run_dir, pairs, {**settings, "tile": size, "overlap": size // 4})
+    vals = [score(e, p["gt"])["psnr_db"] for e, p in zip(ests, pairs, strict=True)]
+    psnr = float(np.mean(vals)) if all(np.isfinite(vals)) else -math.inf
+    guards = [guard_metrics(restore_fn(c, settings), c) for c in crops]
+    worst = {
+        "level_shift": max((g["level_shift"] for g in guards), key=abs),
+        "dark_excess": max(g["dark_excess"] for g in guards),
+        "texture": max(g["texture"] for g in guards),
+    }
+    return {"label": label, "change": change, "psnr_db": psnr, "guard": guards,
+            "guidance": settings.get("guidance"), "eta": settings.get("eta"),
+            "worst": worst, "passes": _passes(worst),
+            "seconds": time.perf_counter() - t1}  # fmt: skip
+
+
+def _trial_line(trial: dict[str, Any]) -> str:
+    """The log line of one trial."""
+    worst = trial["worst"]
+    return (f"  tune {trial['label']:24s} dev PSNR {trial['psnr_db']:6.2f} dB  background "
+            f"shift {worst['level_shift']:+.4f}, dark {worst['dark_excess']:+.4f}, texture "
+            f"{worst['texture']:.2f}  {'ok' if trial['passes'] else 'REJECTED'} "
+            f"({trial['seconds']:.0f} s)")  # fmt: skip
+
+
+def _choose(trials: list[dict[str, Any]], tolerance_db: float):
+    """The rule of :func:`tune_fitted_defaults`: the chosen trial and the passing ones."""
+    passing = [t for t in trials if t["passes"]]
+    if passing:
+        best = max(t["psnr_db"] for t in passing)
+        near = [t for t in passing if t["psnr_db"] >= best - tolerance_db]
+        chosen = min(near, key=_strength)
+    else:
+        chosen = min(trials, key=lambda t: _violation(t["worst"]))
+    for t in trials:
+        t["chosen"] = t is chosen
+    return chosen, passing
 
 
 def _strength(trial: dict[str, Any]) -> float:

@@ -33,7 +33,12 @@ The package is split by responsibility; every name is importable from ``piddpm.m
 - ``normalisation``: percentile normalisation and affine fit.
 """
 
-from piddpm.metrics.calibration import fit_std_scale, uncertainty_calibration
+from piddpm.metrics.calibration import (
+    fit_spread,
+    fit_std_scale,
+    mean_gradient,
+    uncertainty_calibration,
+)
 from piddpm.metrics.consistency import data_consistency
 from piddpm.metrics.faithfulness import (
     background_invention,
@@ -70,7 +75,9 @@ __all__ = [
     "uncertainty_calibration",
     "normalise_percentile",
     "fit_affine",
+    "fit_spread",
     "fit_std_scale",
+    "mean_gradient",
     "background_mask",
     "seam_score",
     "background_invention",

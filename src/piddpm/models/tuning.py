@@ -41,12 +41,20 @@ DEFAULT_KEYS = (
     "guidance_norm",
     "std_scale",
     "std_floor",
+    "std_gradient",
     "autocast",
 )
 
 
 #: Keys that restore reads from model.json only (no restore() argument).
-MODEL_ONLY_KEYS = ("tile_margin", "guidance_norm", "std_scale", "std_floor", "autocast")
+MODEL_ONLY_KEYS = (
+    "tile_margin",
+    "guidance_norm",
+    "std_scale",
+    "std_floor",
+    "std_gradient",
+    "autocast",
+)
 
 
 def validate_defaults(defaults: dict[str, Any], method: str) -> None:
@@ -72,6 +80,7 @@ def validate_defaults(defaults: dict[str, Any], method: str) -> None:
         "tile_margin": lambda v: isinstance(v, int) and not isinstance(v, bool) and 2 * v < defaults.get("overlap", 32),
         "std_scale": lambda v: isinstance(v, int | float) and math.isfinite(v) and v > 0,
         "std_floor": lambda v: isinstance(v, int | float) and math.isfinite(v) and v >= 0,
+        "std_gradient": lambda v: isinstance(v, int | float) and math.isfinite(v) and v >= 0,
         "percentiles": lambda v: isinstance(v, list | tuple) and len(v) == 2
         and 0 <= v[0] < v[1] <= 100,
     }  # fmt: skip

@@ -320,9 +320,14 @@ def _make_runner(entry, given, seed, tiling, tile_given, percentiles, psf_np, pl
     # pairs, piddpm.evaluation.calibration); 1 for an uncalibrated model
     runner.std_scale = float(defaults.get("std_scale", 1.0))
     runner.std_floor = float(defaults.get("std_floor", 0.0))
+    runner.std_gradient = float(defaults.get("std_gradient", 0.0))
     if entry.method != "unet":
         runner.metadata = runners.diffusion_metadata(
-            runner.config, runner.std_scale, runner.std_floor, runner.autocast
+            runner.config,
+            runner.std_scale,
+            runner.std_floor,
+            runner.autocast,
+            runner.std_gradient,
         )
     return runner, perc, (tile, overlap)
 

@@ -20,6 +20,7 @@ from piddpm import PiddpmError
 from piddpm.acquisition import blur
 from piddpm.baselines import RL_MAX_ITER, RL_TAU, richardson_lucy, rl_iterations
 from piddpm.diffusion.settings import SamplerConfig
+from piddpm.metrics.calibration import mean_gradient
 from piddpm.padding import crop_to, reflect_pad
 from piddpm.padding import pad_end_to_multiple as pad_to_multiple
 from piddpm.resample import fourier_resample
@@ -182,7 +183,7 @@ class _LearnedRunner:
         self.psf_t, self.with_residual = psf_t, with_residual
         self.method = entry.method
         self.factor = int(getattr(net, "downsample_factor", 1))
-        self.std_scale, self.std_floor = 1.0, 0.0
+        self.std_scale, self.std_floor, self.std_gradient = 1.0, 0.0, 0.0
         self.tile_margin = 0
 
     @property
@@ -207,7 +208,10 @@ class _LearnedRunner:
         mean = (out[0] + 1.0) * 0.5 * span + lo
         k, std = 1, None
         if self.samples > 1:
-            std = (out[k] * self.std_scale + self.std_floor) * 0.5 * span
+            spread = out[k] * self.std_scale + self.std_floor
+            if self.std_gradient:  # more spread at edges (piddpm.metrics.fit_spread)
+                spread = spread + self.std_gradient * mean_gradient(out[0])
+            std = spread * 0.5 * span
             k += 1
         return mean, std, (out[k] if self.with_residual else None)
 
@@ -324,7 +328,11 @@ def diffusion_config(
 
 
 def diffusion_metadata(
-    config: SamplerConfig, std_scale: float, std_floor: float, autocast: bool = False
+    config: SamplerConfig,
+    std_scale: float,
+    std_floor: float,
+    autocast: bool = False,
+    std_gradient: float = 0.0,
 ) -> dict:
     """The sampler's part of the result's metadata."""
     several = config.samples > 1
@@ -341,5 +349,6 @@ def diffusion_metadata(
         guidance_norm=config.guidance_norm,
         std_scale=std_scale if several else None,
         std_floor=std_floor if several else None,
+        std_gradient=std_gradient if several else None,
         noise="one field per plane (PlaneNoise), cropped per tile",
     )
