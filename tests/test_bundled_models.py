@@ -108,6 +108,7 @@ def test_restore_defaults_are_valid(name):
     allowed = {"sampler", "steps", "eta", "eta_ddim", "regulariser", "lam", "guidance"}
     allowed |= {"percentiles", "tile", "overlap", "tile_margin"}
     allowed |= {"guidance_norm", "std_scale", "std_floor"}  # whole-image work
+    allowed |= {"std_gradient"}  # the calibrated spread's edge term
     allowed |= {"autocast"}  # bf16 where the device runs it natively
     assert set(d) <= allowed, f"unknown restore_defaults keys {set(d) - allowed}"
     if entry.method == "unet":
@@ -116,6 +117,7 @@ def test_restore_defaults_are_valid(name):
         assert d.get("guidance_norm", "per-image") in ("per-image", "none")
         assert isinstance(d.get("autocast", False), bool)
         assert d.get("std_scale", 1.0) > 0 and d.get("std_floor", 0.0) >= 0
+        assert d.get("std_gradient", 0.0) >= 0
         assert d.get("sampler", "ddim") in SAMPLERS
         assert d.get("regulariser", "l1") in REGULARISERS
         guid = d.get("guidance", "none")
