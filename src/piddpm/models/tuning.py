@@ -25,7 +25,18 @@ EVAL_SEED = 20261126
 #: Seed of the dev pairs on which :func:`tune_defaults` chooses the sampler settings.
 DEV_SEED = 777
 
-#: Keys of ``restore_defaults`` and what :func:`piddpm.restore.restore` accepts for them.
+#: Keys that restore reads from model.json only (no restore() argument).
+MODEL_ONLY_KEYS = (
+    "tile_margin",
+    "guidance_norm",
+    "std_scale",
+    "std_floor",
+    "std_gradient",
+    "autocast",
+)
+
+#: Keys of ``restore_defaults``: those :func:`piddpm.restore.restore` also accepts as
+#: arguments, then the model-only ones.
 DEFAULT_KEYS = (
     "sampler",
     "steps",
@@ -37,23 +48,7 @@ DEFAULT_KEYS = (
     "percentiles",
     "tile",
     "overlap",
-    "tile_margin",
-    "guidance_norm",
-    "std_scale",
-    "std_floor",
-    "std_gradient",
-    "autocast",
-)
-
-
-#: Keys that restore reads from model.json only (no restore() argument).
-MODEL_ONLY_KEYS = (
-    "tile_margin",
-    "guidance_norm",
-    "std_scale",
-    "std_floor",
-    "std_gradient",
-    "autocast",
+    *MODEL_ONLY_KEYS,
 )
 
 
