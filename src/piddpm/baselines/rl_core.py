@@ -518,6 +518,7 @@ def _cached_pairs(op: FFTBlur, lay: PairLayout, inv_sens, u: torch.Tensor) -> to
         for k, v in op._entry["sens"].items():
             if v is inv_sens:
                 key = ("pairs", k, tuple(u.shape), op._otf_row)
+                break
         if key is not None and key in op._entry["sens"]:
             return op._entry["sens"][key]
     weight = torch.ones_like(u) if inv_sens is None else inv_sens.expand_as(u)
