@@ -510,24 +510,6 @@ class PairLayout:
             dst.copy_(src)
 
 
-def _cached_pairs(op: FFTBlur, lay: PairLayout, inv_sens, u: torch.Tensor) -> torch.Tensor:
-    """``inv_sens`` (or ones) as pairs, cached with the operator when it is the operator's
-    own cached inverse sensitivity."""
-    key = None
-    if inv_sens is not None:
-        for k, v in op._entry["sens"].items():
-            if v is inv_sens:
-                key = ("pairs", k, tuple(u.shape), op._otf_row)
-                break
-        if key is not None and key in op._entry["sens"]:
-            return op._entry["sens"][key]
-    weight = torch.ones_like(u) if inv_sens is None else inv_sens.expand_as(u)
-    pairs = lay.to_pairs(weight, "object")
-    if key is not None:
-        op._entry["sens"][key] = pairs
-    return pairs
-
-
 def _rl_paired(y, u, op: FFTBlur, num_iter, background, inv_sens, eps, monitor):
     """:func:`rl_fixed_iterations` in the :class:`PairLayout` (CPU)."""
     lay = op.pair_layout()
@@ -539,7 +521,8 @@ def _rl_paired(y, u, op: FFTBlur, num_iter, background, inv_sens, eps, monitor):
     lay.to_pairs(u, "object", out=est)
     data = lay.to_pairs(y, "data")
     # the weight is also zero on the padding row of an odd N, which keeps that row at 0
-    weight = _cached_pairs(op, lay, inv_sens, u)
+    weight = lay.to_pairs(torch.ones_like(u) if inv_sens is None else inv_sens.expand_as(u),
+                          "object")  # fmt: skip
     bg = None
     if background is not None:
         b = torch.as_tensor(background, dtype=u.dtype)

@@ -63,7 +63,7 @@ def guard_metrics(restored: np.ndarray, image: np.ndarray) -> dict[str, float]:
         :data:`TEXTURE_FLOOR` ``r`` (:func:`piddpm.metrics.background_invention` with a
         floor; above 1: structure invented in the background).
     """
-    from piddpm.metrics.faithfulness import _band_pass, background_mask
+    from piddpm.metrics import background_invention, background_mask
 
     img = np.asarray(image, np.float64)
     out = np.asarray(restored, np.float64)
@@ -75,11 +75,10 @@ def guard_metrics(restored: np.ndarray, image: np.ndarray) -> dict[str, float]:
     b = float(np.median(img[mask]))
     r = max(float(np.percentile(img, 99.5)) - b, 1e-12)
     dark = b - DARK_DEPTH * r
-    energy = [float(np.sqrt(np.mean(_band_pass(a, (2.0, 8.0))[mask] ** 2))) for a in (out, img)]
     return {
         "level_shift": (float(np.median(out[mask])) - b) / r,
         "dark_excess": float(np.mean(out < dark) - np.mean(img < dark)),
-        "texture": energy[0] / max(energy[1], TEXTURE_FLOOR * r),
+        "texture": background_invention(out, img, mask=mask, floor=TEXTURE_FLOOR * r),
     }
 
 
@@ -98,12 +97,6 @@ def _violation(guard: dict[str, float]) -> float:
         guard["dark_excess"] / GUARD_LIMITS["dark_excess"],
         guard["texture"] / GUARD_LIMITS["texture"],
     )
-
-
-def _centre_crop(plane: np.ndarray, crop: int) -> np.ndarray:
-    h, w = plane.shape
-    y0, x0 = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
-    return np.ascontiguousarray(plane[y0 : y0 + crop, x0 : x0 + crop], dtype=np.float32)
 
 
 def _candidates(inherited: dict[str, Any], eta_grid) -> list[tuple[str, dict[str, Any]]]:
@@ -188,6 +181,7 @@ def tune_fitted_defaults(
         ``limits``, ``n_pairs``, ``size``, ``seed``, ``guard_crop``, ``guard_images``,
         ``all_failed``, ``cut_short`` (candidates skipped for time), ``seconds``.
     """
+    from piddpm.evaluation.suites import centre_crop
     from piddpm.models.files import read_model_doc
     from piddpm.models.tuning import DEV_SEED, EVAL_SEED, restore_kwargs, synthetic_pairs
 
@@ -216,7 +210,7 @@ def tune_fitted_defaults(
                           seed=0, residual=False, **restore_kwargs(settings))  # fmt: skip
             return np.asarray(res.mean, np.float64)
 
-    crops = [_centre_crop(np.asarray(p), guard_crop) for p in guard_images]
+    crops = [centre_crop(np.asarray(p, np.float32), guard_crop) for p in guard_images]
     pairs = synthetic_pairs(run_dir, n=n_pairs, seed=seed, size=size)
     candidates = _candidates(inherited, eta_grid)
     trials: list[dict[str, Any]] = []

@@ -60,6 +60,12 @@ def uncertainty_calibration(mean, std, gt, ks=(1, 2, 3)):
     }
 
 
+def _coverage_error(err: np.ndarray, spread: np.ndarray, ks, expected: np.ndarray) -> float:
+    """Mean ``|observed - expected|`` coverage of ``err <= k * spread`` (flat arrays)."""
+    observed = np.array([(err <= k * spread).mean() for k in ks])
+    return float(np.abs(observed - expected).mean())
+
+
 def fit_std_scale(mean, std, gt, ks=(1, 2, 3), *, floor: bool = False) -> tuple:
     """The factor ``c`` (and optionally a floor ``f``) that best calibrate a predicted std.
 
@@ -92,9 +98,7 @@ def fit_std_scale(mean, std, gt, ks=(1, 2, 3), *, floor: bool = False) -> tuple:
 
     def best_scale(f: float) -> tuple[float, float]:
         def error(c: float) -> float:
-            spread = c * sd + f
-            observed = np.array([(err <= k * spread).mean() for k in ks])
-            return float(np.abs(observed - expected).mean())
+            return _coverage_error(err, c * sd + f, ks, expected)
 
         grid = np.exp(np.linspace(np.log(0.05), np.log(50.0), 121))
         c = grid[int(np.argmin([error(c) for c in grid]))]
@@ -176,9 +180,7 @@ def fit_spread(mean, std, gt, ks=(1, 2, 3)) -> dict:
     expected = np.array([math.erf(k / math.sqrt(2.0)) for k in ks])
 
     def error(c: float, f: float, w: float) -> float:
-        spread = c * sd + f + w * grad
-        observed = np.array([(err <= k * spread).mean() for k in ks])
-        return float(np.abs(observed - expected).mean())
+        return _coverage_error(err, c * sd + f + w * grad, ks, expected)
 
     floors = [0.0] + [float(v) for v in np.quantile(err, [0.05, 0.1, 0.2, 0.3, 0.4]) if v > 0]
     weights = [0.0] + [float(v) for v in np.geomspace(1e-3, 10.0, 20)]

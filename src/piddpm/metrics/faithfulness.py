@@ -211,6 +211,7 @@ def background_invention(
     *,
     band_px: tuple[float, float] = (2.0, 8.0),
     mask=None,
+    floor: float = 0.0,
 ) -> float:
     """Band-pass energy in the background of ``output``, relative to that of the input.
 
@@ -228,6 +229,9 @@ def background_invention(
         Structure sizes in pixels (default 2-8).
     mask : bool array, optional
         Background pixels; default :func:`background_mask` of ``reference``.
+    floor : float
+        Lower bound of the input's energy (rms, input units): on a nearly noiseless (e.g.
+        clipped 8-bit) background the input's energy is ~0 and the ratio would explode.
 
     Returns
     -------
@@ -240,7 +244,7 @@ def background_invention(
     if mask.sum() < 16:
         raise PiddpmError("background mask holds fewer than 16 pixels")
     energy = [np.sqrt(np.mean(_band_pass(a, band_px)[mask] ** 2)) for a in (out, ref)]
-    return float(energy[0] / max(energy[1], 1e-12))
+    return float(energy[0] / max(energy[1], floor, 1e-12))
 
 
 def flat_field_invention(
