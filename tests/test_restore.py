@@ -18,6 +18,7 @@ import piddpm
 from piddpm import PiddpmError
 from piddpm.networks import build_unet, save_model
 from piddpm.restore import load_psf, make_psf, noise_sigma, restore, rl_iterations
+from piddpm.restore.settings import BORDER_PAD
 
 SCHEDULE = {"kind": "linear", "T": 40, "beta_start": 1e-4, "beta_end": 0.05}
 CHANNELS = {"pi-ddpm": (2, 2, True), "ddpm": (2, 1, True), "unet": (1, 1, False)}
@@ -425,7 +426,9 @@ def test_tiled_restore_equals_the_untiled_one_for_a_tile_invariant_network(
     rng = np.random.default_rng(0)
     img = ndimage.gaussian_filter(rng.poisson(20 * beads((256, 256), n=40)).astype(np.float32), 1)
     img += rng.normal(0, 0.05, img.shape).astype(np.float32)
-    whole = restore(img, method=method, model=folder, tile=256, overlap=0, seed=3, **options)
+    # untiled: one tile over the plane and its mirrored border (restore_planes)
+    untiled = 256 + 2 * BORDER_PAD
+    whole = restore(img, method=method, model=folder, tile=untiled, overlap=0, seed=3, **options)
     tiled = restore(
         img, method=method, model=folder, tile=96, overlap=2 * radius + 2, seed=3, **options
     )
@@ -567,3 +570,46 @@ def test_bf16_autocast_is_a_model_default_used_only_where_bf16_is_native(tmp_pat
     assert res.metadata["precision"] == ("bf16 autocast" if native else "float32")
     span = float(np.percentile(ref.mean, 99.9) - np.percentile(ref.mean, 0.1))
     assert float(np.abs(res.mean - ref.mean).max()) < 0.05 * span
+
+
+@pytest.mark.parametrize("name", ["unet-widefield", "pi-ddpm-widefield"])
+def test_a_flat_field_keeps_its_level_up_to_the_image_border(tmp_path, name):
+    """The learned methods see the plane mirrored beyond the image border (restore_planes),
+    not the network's zero padding: on a dark flat background (bright objects in the centre
+    put it near -1 in the network's units, as in fluorescence images) the outer rows and
+    columns keep the level of the background next to them. With ``border_pad`` 0 the same
+    model leaves a rim (the control)."""
+    import shutil
+
+    from piddpm.models import MODELS_DIR
+    from piddpm.models.files import read_model_doc, write_model_doc
+
+    if not (MODELS_DIR / name).is_dir():
+        pytest.skip(f"bundled {name} not installed")
+    bare = tmp_path / name
+    shutil.copytree(MODELS_DIR / name, bare)
+    doc = read_model_doc(bare / "model.json")
+    doc["config"]["restore_defaults"]["border_pad"] = 0
+    write_model_doc(bare / "model.json", doc)
+    level, size = 20.0, 192
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:size, :size]
+    clean = np.full((size, size), level)
+    for cy, cx in rng.uniform(72, size - 72, (12, 2)):
+        clean += 200 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 3.0**2))
+    obs = rng.poisson(clean).astype(np.float32)
+    kw = dict(seed=0, progress=False, device="cpu")
+
+    def rim(res) -> float:
+        """Largest |mean of a side's 3 outermost lines - mean of its lines 16-40| / level."""
+        out = res.mean.astype(np.float64)
+        worst = 0.0
+        for k in range(4):
+            side = np.rot90(out, k)[:, 40:-40]
+            worst = max(worst, abs(side[:3].mean() - side[16:40].mean()))
+        return worst / level
+
+    mirrored = restore(obs, model=name, **kw)
+    assert mirrored.metadata["border_pad"] == BORDER_PAD
+    assert rim(mirrored) < 0.02
+    assert rim(restore(obs, model=str(bare), **kw)) > 2 * rim(mirrored)

@@ -55,6 +55,26 @@ def test_chunk_regions_are_unions_of_the_planes_tiles():
             assert r1 == length or r1 - c1 >= overlap
 
 
+def test_chunk_regions_with_a_mirrored_border_keep_the_grown_planes_tiles():
+    from piddpm.tiling import axis_starts
+
+    for length, chunk, tile, overlap, pad in [
+        (300, 100, 64, 8, 32), (1024, 256, 256, 64, 32), (512, 128, 256, 64, 16), (50, 16, 64, 8, 32),
+    ]:  # fmt: skip
+        starts = axis_starts(length + 2 * pad, tile, overlap)
+        t = min(tile, length + 2 * pad)
+        regions = chunk_regions(length, chunk, tile, overlap, pad)
+        assert regions[0][2] == 0 and regions[-1][3] == length
+        for c0, c1, r0, r1 in regions:
+            assert r0 <= c0 < c1 <= r1
+            # the region, mirrored where it touches a border, is a run of the grown plane's tiles
+            g0 = 0 if r0 == 0 else r0 + pad
+            g1 = length + 2 * pad if r1 == length else r1 + pad
+            own = [g0 + s for s in axis_starts(g1 - g0, tile, overlap)]
+            assert set(own) <= set(starts) and own[-1] + t == g1
+            assert all(s in own for s in starts if s < c1 + pad and s + t > c0 + pad)
+
+
 def test_whole_plane_percentiles_equal_the_in_memory_rule_also_when_subsampled(monkeypatch):
     from piddpm import normalisation
 

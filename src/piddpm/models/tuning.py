@@ -28,6 +28,7 @@ DEV_SEED = 777
 #: Keys that restore reads from model.json only (no restore() argument).
 MODEL_ONLY_KEYS = (
     "tile_margin",
+    "border_pad",
     "guidance_norm",
     "std_scale",
     "std_floor",
@@ -73,6 +74,7 @@ def validate_defaults(defaults: dict[str, Any], method: str) -> None:
         "tile": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 16,
         "overlap": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < defaults.get("tile", 256),
         "tile_margin": lambda v: isinstance(v, int) and not isinstance(v, bool) and 2 * v < defaults.get("overlap", 32),
+        "border_pad": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 256,
         "std_scale": lambda v: isinstance(v, int | float) and math.isfinite(v) and v > 0,
         "std_floor": lambda v: isinstance(v, int | float) and math.isfinite(v) and v >= 0,
         "std_gradient": lambda v: isinstance(v, int | float) and math.isfinite(v) and v >= 0,

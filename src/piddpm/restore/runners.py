@@ -25,6 +25,7 @@ from piddpm.padding import crop_to, reflect_pad
 from piddpm.padding import pad_end_to_multiple as pad_to_multiple
 from piddpm.resample import fourier_resample
 from piddpm.restore.sampling import zoomed_shape
+from piddpm.restore.settings import BORDER_PAD
 
 __all__ = ["DiffusionRunner", "RLRunner", "UNetRunner"]
 
@@ -121,6 +122,7 @@ class RLRunner:
     method = "rl"
     samples = 1
     tile_margin = 0
+    border_pad = 0  # RL pads each tile by the PSF's half-width itself (RLTiles)
 
     def __init__(self, *, psf_np, psf_t, steps, tile, overlap, device, with_residual):
         self.psf_np, self.psf_t, self.steps = psf_np, psf_t, steps
@@ -185,6 +187,7 @@ class _LearnedRunner:
         self.factor = int(getattr(net, "downsample_factor", 1))
         self.std_scale, self.std_floor, self.std_gradient = 1.0, 0.0, 0.0
         self.tile_margin = 0
+        self.border_pad = BORDER_PAD
 
     @property
     def out_channels(self) -> int:

@@ -11,6 +11,7 @@ from piddpm import PiddpmError
 from piddpm.normalisation import DEFAULT_PERCENTILES, check_percentiles
 
 __all__ = [
+    "BORDER_PAD",
     "DEFAULT_OVERLAP",
     "DEFAULT_TILE",
     "TILE_MARGIN_FRACTION",
@@ -28,6 +29,10 @@ DEFAULT_OVERLAP = 32
 #: For tile-invariant networks, the fraction of the overlap at each inner tile edge that gets
 #: no blending weight (unless the model's restore_defaults give ``tile_margin``).
 TILE_MARGIN_FRACTION = 0.25
+#: Pixels (on the model's grid) by which the learned methods mirror a plane beyond each image
+#: border before tiling, so the network never sees its zero padding at the image's edge
+#: (unless the model's restore_defaults give ``border_pad``; see restore_planes).
+BORDER_PAD = 32
 
 
 def percentiles_from_config(cfg: dict | None) -> tuple[float, float]:

@@ -81,34 +81,50 @@ DEFAULT_LEVELS = 3
 # geometry
 
 
-def chunk_regions(length: int, chunk: int, tile: int, overlap: int) -> list[tuple[int, ...]]:
+def chunk_regions(
+    length: int, chunk: int, tile: int, overlap: int, pad: int = 0
+) -> list[tuple[int, ...]]:
     """Output chunks along one axis and the regions restored for them.
+
+    Parameters
+    ----------
+    pad : int
+        Pixels the restore mirrors beyond each image border (the runner's ``border_pad``;
+        0 for RL): the plane's tiles are those of the axis grown by ``pad`` on both sides.
 
     Returns
     -------
     list of (c0, c1, r0, r1)
-        Chunk ``[c0, c1)`` and region ``[r0, r1)``: the union of the axis' tiles
-        (:func:`piddpm.tiling.axis_starts`) that overlap the chunk. The region's own tiles
-        equal those tiles (it starts on the tile grid).
+        Chunk ``[c0, c1)`` and region ``[r0, r1)``: the union of the grown axis' tiles
+        (:func:`piddpm.tiling.axis_starts`) that overlap the chunk, clipped to the image. A
+        region that reaches into the mirrored margin takes the whole margin (it then starts at
+        0 or ends at ``length``, and only such regions are mirrored), so the region's own
+        tiles, after its mirroring, equal those tiles (it starts on the tile grid).
     """
     from piddpm.tiling import axis_starts
 
-    starts = axis_starts(length, tile, overlap)
-    t = min(tile, length)
+    grown = length + 2 * pad
+    starts = axis_starts(grown, tile, overlap)
+    t = min(tile, grown)
     out = []
     for c0 in range(0, length, chunk):
         c1 = min(c0 + chunk, length)
-        sel = [s for s in starts if s < c1 and s + t > c0]
-        r0, r1 = sel[0], sel[-1] + t
-        if [r0 + s for s in axis_starts(r1 - r0, tile, overlap)] != sel:  # pragma: no cover
-            raise PiddpmError(f"internal: region {r0}-{r1} does not keep the tile grid")
-        out.append((c0, c1, r0, r1))
+        sel = [s for s in starts if s < c1 + pad and s + t > c0 + pad]
+        if pad and sel[0] <= pad:  # reaches into the top margin: take all of it
+            sel = [s for s in starts if s <= sel[-1]]
+        if pad and sel[-1] + t >= length + pad:  # ... the bottom margin
+            sel = [s for s in starts if s >= sel[0]]
+        g0, g1 = sel[0], sel[-1] + t
+        if [g0 + s for s in axis_starts(g1 - g0, tile, overlap)] != sel:  # pragma: no cover
+            raise PiddpmError(f"internal: region {g0}-{g1} does not keep the tile grid")
+        out.append((c0, c1, max(g0 - pad, 0), min(g1 - pad, length)))
     return out
 
 
-def _tiling(kw: dict, entry, psf_np) -> tuple[int, int, int]:
-    """``(tile, overlap, effective overlap)`` as :func:`piddpm.restore` resolves them."""
-    from piddpm.restore.settings import DEFAULT_OVERLAP, DEFAULT_TILE
+def _tiling(kw: dict, entry, psf_np) -> tuple[int, int, int, int]:
+    """``(tile, overlap, effective overlap, border pad)`` as :func:`piddpm.restore` resolves
+    them."""
+    from piddpm.restore.settings import BORDER_PAD, DEFAULT_OVERLAP, DEFAULT_TILE
 
     tile, overlap = kw.get("tile"), kw.get("overlap")
     defaults: dict = {}
@@ -122,10 +138,10 @@ def _tiling(kw: dict, entry, psf_np) -> tuple[int, int, int]:
     overlap = int(defaults.get("overlap", DEFAULT_OVERLAP)) if overlap is None else int(overlap)
     if overlap >= tile:
         overlap = tile // 4
-    eff = overlap
-    if entry is None:  # RLRunner widens the overlap to the PSF
-        eff = max(overlap, min(max(psf_np.shape), tile // 2))
-    return tile, overlap, min(eff, tile - 1)
+    eff, pad = overlap, int(defaults.get("border_pad", BORDER_PAD))
+    if entry is None:  # RLRunner widens the overlap to the PSF and mirrors no border
+        eff, pad = max(overlap, min(max(psf_np.shape), tile // 2)), 0
+    return tile, overlap, min(eff, tile - 1), pad
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,6 +167,7 @@ def _run_chunk(task: dict) -> dict:
 
     data = _source(task["src"])
     (c0y, c1y, r0y, r1y), (c0x, c1x, r0x, r1x) = task["y"], task["x"]
+    height, width = task["plane_shape"]
     idx = tuple(task["idx"])
     region = read_float(data, idx + (slice(r0y, r1y), slice(r0x, r1x)))
     kw = dict(task["kwargs"])
@@ -168,6 +185,7 @@ def _run_chunk(task: dict) -> dict:
             axes="YX",
             intensity_range=tuple(task["range"]),
             origin=(task["noise_plane"], r0y, r0x),
+            borders=(r0y == 0, r1y == height, r0x == 0, r1x == width),
             name=at,
             **kw,
         )
@@ -280,10 +298,10 @@ def restore_to_zarr(
     shape = tuple(int(s) for s in data.shape)
     entry, psf_np, perc = _model_and_psf(kw, shape[-2:], pixel_um, where)
     _check_std(paths, kw, entry)
-    tile, kw["overlap"], eff = _tiling(kw, entry, psf_np)
+    tile, kw["overlap"], eff, pad = _tiling(kw, entry, psf_np)
     kw["tile"] = tile
     chunk = _positive(chunk, "chunk")
-    ys, xs = (chunk_regions(n, chunk, tile, eff) for n in shape[-2:])
+    ys, xs = (chunk_regions(n, chunk, tile, eff, pad) for n in shape[-2:])
     spec = {
         "shape": shape,
         "axes": axes,
@@ -292,6 +310,7 @@ def restore_to_zarr(
         "chunk": chunk,
         "levels": _positive(levels, "levels"),
         "grid": (int(np.prod(shape[:-2])), len(ys), len(xs)),
+        "border_pad": pad,
     }
     spec["settings"] = run_settings(where, spec, kw, paths)
     plan = (psf_np, perc, where)
@@ -320,7 +339,7 @@ def _stream(input, data, paths, spec, kw, regions, plan, run) -> Path:  # noqa: 
     tasks = _tasks(src, where, spec, *regions, state, kw)
     if "outputs" not in state:  # new stores: the first chunk, in this process, tells the metadata
         info = _run_chunk(dict(tasks[0], outputs=None, quiet=False))
-        meta = _check_probe(info, kw, where, paths)
+        meta = _check_probe(info, kw, where, paths, spec["border_pad"])
         meta = provenance(meta, state, spec, where, workers or cluster, paths)
         create_stores(paths, spec, meta, state)
     stores = {n: str(p) for n, p in paths.items()}
@@ -351,6 +370,7 @@ def _tasks(src, where, spec, ys, xs, state, kw) -> list[dict]:
                         noise_plane=noise_plane,
                         y=y,
                         x=x,
+                        plane_shape=(ys[-1][1], xs[-1][1]),
                         range=state["ranges"][p],
                         steps=state["steps"][p] if state["steps"] else None,
                         kwargs=kw,
@@ -449,7 +469,7 @@ def _check_std(paths: dict, kw: dict, entry) -> None:
         )
 
 
-def _check_probe(info: dict, kw: dict, where: str, paths: dict) -> dict:
+def _check_probe(info: dict, kw: dict, where: str, paths: dict, pad: int) -> dict:
     """The probe chunk's metadata, checked: no resampling, the planned tiles, every output."""
     meta = info["metadata"]
     if (meta.get("sampling") or {}).get("resampled"):
@@ -461,6 +481,11 @@ def _check_probe(info: dict, kw: dict, where: str, paths: dict) -> dict:
         raise PiddpmError(
             f"internal: the chunks were restored with tile/overlap {meta.get('tile')}/"
             f"{meta.get('overlap')}, planned {kw['tile']}/{kw['overlap']}"
+        )
+    if int(meta.get("border_pad", 0)) != pad:  # pragma: no cover
+        raise PiddpmError(
+            f"internal: the chunks were restored with border_pad {meta.get('border_pad')}, "
+            f"planned {pad}"
         )
     missing = sorted(set(paths) - set(info["outputs"]))
     if missing:  # pragma: no cover - _check_std and restore() refuse these first

@@ -129,6 +129,8 @@ def run_settings(where, spec: dict, kw: dict, paths: dict[str, Path]) -> dict:
     if spec["input_axes"] != spec["axes"]:
         out["input_axes"] = spec["input_axes"]
     out |= {"chunk": spec["chunk"], "levels": spec["levels"]}
+    if spec.get("border_pad"):  # learned methods mirror the image borders (restore_planes)
+        out["border_pad"] = spec["border_pad"]
     extra = {n: _key(p) for n, p in paths.items() if n != "mean"}
     if extra:
         out["outputs"] = extra
