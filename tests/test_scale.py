@@ -59,7 +59,8 @@ def test_chunk_regions_with_a_mirrored_border_keep_the_grown_planes_tiles():
     from piddpm.tiling import axis_starts
 
     for length, chunk, tile, overlap, pad in [
-        (300, 100, 64, 8, 32), (1024, 256, 256, 64, 32), (512, 128, 256, 64, 16), (50, 16, 64, 8, 32),
+        (300, 100, 64, 8, 32), (1024, 256, 256, 64, 32), (512, 128, 256, 64, 16),
+        (50, 16, 64, 8, 32), (300, 16, 64, 16, 32), (300, 16, 48, 8, 32),
     ]:  # fmt: skip
         starts = axis_starts(length + 2 * pad, tile, overlap)
         t = min(tile, length + 2 * pad)
@@ -73,6 +74,9 @@ def test_chunk_regions_with_a_mirrored_border_keep_the_grown_planes_tiles():
             own = [g0 + s for s in axis_starts(g1 - g0, tile, overlap)]
             assert set(own) <= set(starts) and own[-1] + t == g1
             assert all(s in own for s in starts if s < c1 + pad and s + t > c0 + pad)
+            # a mirrored side holds the rows it mirrors, as the whole plane does
+            assert r0 > 0 or r1 >= min(pad + 1, length)
+            assert r1 < length or r0 <= max(length - 1 - pad, 0)
 
 
 def test_whole_plane_percentiles_equal_the_in_memory_rule_also_when_subsampled(monkeypatch):
@@ -129,8 +133,10 @@ def test_chunked_stack_keeps_per_plane_ranges_and_rl_counts(tmp_path):
         (384, 128, dict(model="unet-widefield")),  # the model's tile 256, overlap 64
         # batch_size 1: a batch of other tiles changes the convolutions' float round-off
         (256, 128, dict(model="pi-ddpm-widefield", steps=3, tile=128, overlap=32, batch_size=1)),
+        # tiles barely larger than the mirrored border, chunks smaller than both
+        (160, 24, dict(model="unet-widefield", tile=64, overlap=16, batch_size=1)),
     ],
-    ids=["unet", "ddim"],
+    ids=["unet", "ddim", "small-tiles"],
 )
 def test_chunked_learned_restore_equals_in_memory(tmp_path, size, chunk, kwargs):
     img = specimen((size, size), seed=3)

@@ -110,10 +110,11 @@ def chunk_regions(
     for c0 in range(0, length, chunk):
         c1 = min(c0 + chunk, length)
         sel = [s for s in starts if s < c1 + pad and s + t > c0 + pad]
-        if pad and sel[0] <= pad:  # reaches into the top margin: take all of it
-            sel = [s for s in starts if s <= sel[-1]]
+        if pad and sel[0] <= pad:  # reaches into the top margin: take all of it, and the
+            # image rows it mirrors (rows 1 .. pad)
+            sel = [s for s in starts if s <= sel[-1] or s < 2 * pad + 1]
         if pad and sel[-1] + t >= length + pad:  # ... the bottom margin
-            sel = [s for s in starts if s >= sel[0]]
+            sel = [s for s in starts if s >= sel[0] or s + t > length - 1]
         g0, g1 = sel[0], sel[-1] + t
         if [g0 + s for s in axis_starts(g1 - g0, tile, overlap)] != sel:  # pragma: no cover
             raise PiddpmError(f"internal: region {g0}-{g1} does not keep the tile grid")
