@@ -166,10 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None, help="shared data folder (default: ../shared/data)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--untiled", action="store_true",
-                    help="also restore each image with the learned methods as one tile (the "
-                    "plane and its mirrored border) and report how far the tiled result is "
-                    "from it: what tiling alone adds, apart from what the method does")
+    ap.add_argument(
+        "--untiled",
+        action="store_true",
+        help="also restore each image with the learned methods as one tile (the "
+        "plane and its mirrored border) and report how far the tiled result is "
+        "from it: what tiling alone adds, apart from what the method does",
+    )
     args = ap.parse_args(argv)
 
     import torch

@@ -158,10 +158,17 @@ def test_the_example_configs_exist():
             assert f"tiny-{method}-{modality}.yaml" in names
 
 
+def cfg_init_from(path):
+    return load_config(path).init_from
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_every_example_config_validates(path):
     cfg = load_config(path)
     stem = path.stem.removeprefix("tiny-").removeprefix("fixed-").removesuffix("-gpu")
+    if stem.endswith("-continue"):  # continues a bundled model of that method and modality
+        stem = stem.removesuffix("-continue")
+        assert cfg_init_from(path) == stem
     method, _, modality = stem.rpartition("-")
     assert cfg.method == method
     assert cfg.data.modality == modality

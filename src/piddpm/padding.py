@@ -18,6 +18,7 @@ __all__ = [
     "PadInfo",
     "crop_padding",
     "crop_to",
+    "mirror_pad_tensor",
     "pad_end_to_multiple",
     "pad_tensor_end_to_multiple",
     "pad_to_multiple",
@@ -137,3 +138,23 @@ def reflect_pad(x: torch.Tensor, pad_y: int, pad_x: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     mode = "reflect" if (pad_y < h and pad_x < w) else "replicate"
     return F.pad(x, (pad_x, pad_x, pad_y, pad_y), mode=mode)
+
+
+def mirror_pad_tensor(x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tensor:
+    """Extend ``x`` (``(..., H, W)``) by ``pads`` = (top, bottom, left, right) pixels by mirror
+    reflection about the edge pixels; a side longer than the image minus one is reflected in
+    steps (each step mirrors the array extended so far), a single pixel is repeated."""
+    top, bottom, left, right = (int(p) for p in pads)
+    lead = x.shape[:-2]
+    x = x.reshape((-1, 1) + tuple(x.shape[-2:]))
+    for axis, (a, b) in ((-2, (top, bottom)), (-1, (left, right))):
+        while a > 0 or b > 0:
+            n = x.shape[axis]
+            if n < 2:
+                step_a, step_b, mode = a, b, "replicate"
+            else:
+                step_a, step_b, mode = min(a, n - 1), min(b, n - 1), "reflect"
+            width = (0, 0, step_a, step_b) if axis == -2 else (step_a, step_b, 0, 0)
+            x = F.pad(x, width, mode=mode)
+            a, b = a - step_a, b - step_b
+    return x.reshape(lead + tuple(x.shape[-2:]))

@@ -99,11 +99,14 @@ def package_modules(entry, device: str = "cpu"):
     """
     from piddpm.export.modules import BMZDiffusion, BMZUNet
     from piddpm.models import load_entry
+    from piddpm.restore.settings import BORDER_PAD
 
     net = load_entry(entry, device)
     network = dict(net.config)
+    # the plane mirrored beyond its borders, as piddpm restore does (restore_planes)
+    border = int(entry.restore_defaults.get("border_pad", BORDER_PAD))
     if entry.method == "unet":
-        kwargs: dict[str, Any] = {"network": network}
+        kwargs: dict[str, Any] = {"network": network, "border_pad": border}
         module = BMZUNet(**kwargs)
     else:
         kwargs = {
@@ -113,6 +116,7 @@ def package_modules(entry, device: str = "cpu"):
             "sampler": _sampler_settings(entry, net),
             "target": str(entry.config.get("target") or "residual"),
             "seed": BMZ_SEED,
+            "border_pad": border,
         }
         module = BMZDiffusion(**kwargs)
     module.net.load_state_dict(net.state_dict())

@@ -11,8 +11,10 @@ one tensor of the same shape out. Two modules do that:
   starting noise drawn from a fixed seed (:class:`piddpm.diffusion.noise.PlaneNoise`), so
   the same input always gives the same output, as the Zoo's reproducibility test needs.
 
-Both reflect-pad the input to the network's down-sampling factor and crop back, so any size
-works. Their state dict is the network's, under ``net.``.
+Both mirror the input by ``border_pad`` pixels beyond its borders (as ``piddpm restore``
+does, so the network does not see its zero padding at the image edge), reflect-pad it to the
+network's down-sampling factor, and crop back, so any size works. Their state dict is the
+network's, under ``net.``.
 """
 
 from __future__ import annotations
@@ -25,12 +27,17 @@ from torch import nn
 __all__ = ["BMZDiffusion", "BMZUNet"]
 
 
-def _padded_call(fn, x: torch.Tensor, factor: int) -> torch.Tensor:
-    """``fn`` on ``x`` reflect-padded at the end to a multiple of ``factor``, cropped back."""
-    from piddpm.padding import crop_to, pad_tensor_end_to_multiple
+def _padded_call(fn, x: torch.Tensor, factor: int, border: int = 0) -> torch.Tensor:
+    """``fn`` on ``x`` mirrored by ``border`` pixels on every side and reflect-padded at the
+    end to a multiple of ``factor``, cropped back."""
+    from piddpm.padding import crop_to, mirror_pad_tensor, pad_tensor_end_to_multiple
 
+    h, w = x.shape[-2:]
+    if border:
+        x = mirror_pad_tensor(x, (border,) * 4)
     padded, size = pad_tensor_end_to_multiple(x, factor)
-    return crop_to(fn(padded), size)
+    out = crop_to(fn(padded), size)
+    return out[..., border : border + h, border : border + w]
 
 
 class BMZUNet(nn.Module):
@@ -40,18 +47,21 @@ class BMZUNet(nn.Module):
     ----------
     network : dict
         The :class:`piddpm.networks.UNet` keyword arguments (``model.json``'s ``network``).
+    border_pad : int
+        Pixels of mirrored border around the input (0 in packages made before it existed).
     """
 
-    def __init__(self, network: dict[str, Any]):
+    def __init__(self, network: dict[str, Any], border_pad: int = 0):
         super().__init__()
         from piddpm.networks import UNet
 
         self.net = UNet(**network)
         self.factor = int(self.net.downsample_factor)
+        self.border_pad = int(border_pad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """One forward pass on ``x`` (model units, [-1, 1])."""
-        return _padded_call(lambda t: self.net(t, None), x, self.factor)
+        return _padded_call(lambda t: self.net(t, None), x, self.factor, self.border_pad)
 
 
 class BMZDiffusion(nn.Module):
@@ -74,6 +84,8 @@ class BMZDiffusion(nn.Module):
         Seed of the noise field the sampler draws from (every call draws the same noise).
     noise_block : int
         Cell size of that field in pixels (:class:`piddpm.diffusion.noise.PlaneNoise`).
+    border_pad : int
+        Pixels of mirrored border around the input (0 in packages made before it existed).
 
     Notes
     -----
@@ -90,6 +102,7 @@ class BMZDiffusion(nn.Module):
         target: str = "residual",
         seed: int = 0,
         noise_block: int = 64,
+        border_pad: int = 0,
     ):
         super().__init__()
         from piddpm.diffusion.schedules import schedule_from_config
@@ -101,18 +114,23 @@ class BMZDiffusion(nn.Module):
         self.schedule = schedule_from_config(dict(schedule))
         self.config = SamplerConfig(**sampler)
         self.seed, self.noise_block = int(seed), int(noise_block)
+        self.border_pad = int(border_pad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Run the sampler on ``x`` (model units, [-1, 1]); the same input gives the same
         output (the noise comes from ``seed``)."""
         from piddpm.diffusion.noise import PlaneNoise, TileNoise
         from piddpm.diffusion.samplers import sample
+        from piddpm.padding import mirror_pad_tensor
 
+        b, (h, w) = self.border_pad, x.shape[-2:]
         field = PlaneNoise(self.seed, self.noise_block)
-        noise = TileNoise([field] * x.shape[0], [(0, 0)] * x.shape[0], self.config.samples)
+        # the mirrored plane starts at (-b, -b): the noise piddpm restore draws there
+        noise = TileNoise([field] * x.shape[0], [(-b, -b)] * x.shape[0], self.config.samples)
+        grown = mirror_pad_tensor(x, (b,) * 4) if b else x
         res = sample(
             self.net,
-            x.float(),
+            grown.float(),
             self.schedule,
             self.config,
             method=self.method,
@@ -120,4 +138,4 @@ class BMZDiffusion(nn.Module):
             target=self.target,
             guidance_norm=self.config.guidance_norm or "per-image",
         )
-        return res.mean.to(x.dtype)
+        return res.mean[..., b : b + h, b : b + w].to(x.dtype)

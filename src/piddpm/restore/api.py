@@ -139,12 +139,8 @@ def restore(
     z_step_um : float, optional
         ``rl-3d``: distance between planes in micrometres (default: the file's).
     intensity_range, origin, borders : optional
-        A part of a larger image (:mod:`piddpm.restore.stream`): ``(lo, hi)`` mapped to -1, +1
-        instead of the percentiles (one pair, or one per plane); its ``(plane, y0, x0)`` in the
-        whole, where the diffusion noise is drawn; which of its sides (top, bottom, left,
-        right) are the whole image's borders, where the learned methods mirror the plane by
-        ``border_pad`` pixels (default: all four; see
-        :func:`piddpm.restore.planes.restore_planes`).
+        A part of a larger image (:mod:`piddpm.restore.stream`, which documents them; see
+        also :func:`piddpm.restore.planes.restore_planes`).
 
     Returns
     -------
@@ -188,13 +184,7 @@ def restore(
         entry, given, seed, tiling, (tile, overlap), percentiles, psf_np, plan, inp, common
     )
     meta = _base_metadata(method, entry, seed, (tile, overlap, batch_size), inp, dev, psf_desc)
-    if entry is not None:
-        meta.update(
-            model_file=str(entry.weights),
-            tile_margin=runner.tile_margin,
-            border_pad=runner.border_pad,
-        )
-    meta.update(runner.metadata)
+    meta.update(_model_metadata(entry, runner))
     fixed = dict(ranges=intensity_range, origin=origin, borders=borders)
     mean, std, res, ranges = restore_planes(
         inp, runner, percentiles=perc, tile=tile, batch_size=batch_size, progress=progress, **fixed
@@ -202,6 +192,14 @@ def restore(
     meta.update(_describe(method, perc, ranges, pixel_um, plan, entry, use_residual, runner))
     mean, std = (as_input_kind(a, image, inp.kind) for a in (mean, std))
     return RestoreResult(mean=mean, std=std, residual=res, metadata=meta)
+
+
+def _model_metadata(entry, runner) -> dict:
+    """The model file, its blending margin and mirrored border, and the runner's own part."""
+    if entry is None:
+        return dict(runner.metadata)
+    own = dict(model_file=str(entry.weights), tile_margin=runner.tile_margin)
+    return {**own, "border_pad": runner.border_pad, **runner.metadata}
 
 
 def _check_choices(**values) -> None:

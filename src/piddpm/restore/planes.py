@@ -119,19 +119,20 @@ def border_pads(pad: int, borders=None) -> tuple[int, int, int, int]:
     if borders is None:
         borders = (True, True, True, True)
     if len(borders) != 4:
-        raise PiddpmError(f"borders must be four booleans (top, bottom, left, right), got {borders!r}")
+        raise PiddpmError(
+            f"borders must be four booleans (top, bottom, left, right), got {borders!r}"
+        )
     return tuple(int(pad) if b else 0 for b in borders)
 
 
 def mirror_pad(plane: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
     """``plane`` (``(..., H, W)``) extended by mirror reflection about its edge pixels
-    (``numpy.pad`` mode ``"reflect"``, repeated where a side is shorter than its pad)."""
+    (:func:`piddpm.padding.mirror_pad_tensor`, which the Zoo package's modules use too)."""
+    from piddpm.padding import mirror_pad_tensor
+
     if not any(pads):
         return plane
-    width = [(0, 0)] * (plane.ndim - 2) + [(pads[0], pads[1]), (pads[2], pads[3])]
-    if min(plane.shape[-2:]) < 2:  # one pixel cannot be reflected: repeat it
-        return np.pad(plane, width, mode="edge")
-    return np.pad(plane, width, mode="reflect")
+    return mirror_pad_tensor(torch.from_numpy(np.ascontiguousarray(plane)), pads).numpy()
 
 
 class _CallbackProgress:
