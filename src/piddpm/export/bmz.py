@@ -99,12 +99,11 @@ def package_modules(entry, device: str = "cpu"):
     """
     from piddpm.export.modules import BMZDiffusion, BMZUNet
     from piddpm.models import load_entry
-    from piddpm.restore.settings import BORDER_PAD
+    from piddpm.restore.settings import border_pad_for
 
     net = load_entry(entry, device)
     network = dict(net.config)
-    # the plane mirrored beyond its borders, as piddpm restore does (restore_planes)
-    border = int(entry.restore_defaults.get("border_pad", BORDER_PAD))
+    border = border_pad_for(entry)  # the plane mirrored as piddpm restore does
     if entry.method == "unet":
         kwargs: dict[str, Any] = {"network": network, "border_pad": border}
         module = BMZUNet(**kwargs)

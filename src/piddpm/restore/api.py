@@ -273,6 +273,7 @@ def _make_runner(entry, given, seed, tiling, tile_given, percentiles, psf_np, pl
     from piddpm.models import load_entry
     from piddpm.restore.settings import (
         TILE_MARGIN_FRACTION,
+        border_pad_for,
         check_net_matches,
         percentiles_from_config,
         schedule_for,
@@ -322,7 +323,7 @@ def _make_runner(entry, given, seed, tiling, tile_given, percentiles, psf_np, pl
     # the blend of a tile-invariant network (tiled == untiled: tests/test_restore.py)
     if invariant:
         runner.tile_margin = int(defaults.get("tile_margin", TILE_MARGIN_FRACTION * overlap))
-    runner.border_pad = int(defaults.get("border_pad", runner.border_pad))
+    runner.border_pad = border_pad_for(entry)
     # the per-model factor that calibrates the posterior spread (fitted on synthetic dev
     # pairs, piddpm.evaluation.calibration); 1 for an uncalibrated model
     runner.std_scale = float(defaults.get("std_scale", 1.0))

@@ -25,7 +25,6 @@ from piddpm.padding import crop_to, reflect_pad
 from piddpm.padding import pad_end_to_multiple as pad_to_multiple
 from piddpm.resample import fourier_resample
 from piddpm.restore.sampling import zoomed_shape
-from piddpm.restore.settings import BORDER_PAD
 
 __all__ = ["DiffusionRunner", "RLRunner", "UNetRunner"]
 
@@ -187,7 +186,7 @@ class _LearnedRunner:
         self.factor = int(getattr(net, "downsample_factor", 1))
         self.std_scale, self.std_floor, self.std_gradient = 1.0, 0.0, 0.0
         self.tile_margin = 0
-        self.border_pad = BORDER_PAD
+        self.border_pad = 0  # restore() sets the model's (settings.border_pad_for)
 
     @property
     def out_channels(self) -> int:

@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_OVERLAP",
     "DEFAULT_TILE",
     "TILE_MARGIN_FRACTION",
+    "border_pad_for",
     "check_net_matches",
     "check_tiling",
     "percentiles_from_config",
@@ -33,6 +34,14 @@ TILE_MARGIN_FRACTION = 0.25
 #: border before tiling, so the network never sees its zero padding at the image's edge
 #: (unless the model's restore_defaults give ``border_pad``; see restore_planes).
 BORDER_PAD = 32
+
+
+def border_pad_for(entry) -> int:
+    """Pixels a restore mirrors beyond the image borders (see restore_planes): the model's
+    ``restore_defaults.border_pad``, else :data:`BORDER_PAD`; 0 without a model (RL)."""
+    if entry is None:
+        return 0
+    return int(entry.restore_defaults.get("border_pad", BORDER_PAD))
 
 
 def percentiles_from_config(cfg: dict | None) -> tuple[float, float]:

@@ -125,7 +125,7 @@ def chunk_regions(
 def _tiling(kw: dict, entry, psf_np) -> tuple[int, int, int, int]:
     """``(tile, overlap, effective overlap, border pad)`` as :func:`piddpm.restore` resolves
     them."""
-    from piddpm.restore.settings import BORDER_PAD, DEFAULT_OVERLAP, DEFAULT_TILE
+    from piddpm.restore.settings import DEFAULT_OVERLAP, DEFAULT_TILE, border_pad_for
 
     tile, overlap = kw.get("tile"), kw.get("overlap")
     defaults: dict = {}
@@ -139,10 +139,10 @@ def _tiling(kw: dict, entry, psf_np) -> tuple[int, int, int, int]:
     overlap = int(defaults.get("overlap", DEFAULT_OVERLAP)) if overlap is None else int(overlap)
     if overlap >= tile:
         overlap = tile // 4
-    eff, pad = overlap, int(defaults.get("border_pad", BORDER_PAD))
-    if entry is None:  # RLRunner widens the overlap to the PSF and mirrors no border
-        eff, pad = max(overlap, min(max(psf_np.shape), tile // 2)), 0
-    return tile, overlap, min(eff, tile - 1), pad
+    eff = overlap
+    if entry is None:  # RLRunner widens the overlap to the PSF
+        eff = max(overlap, min(max(psf_np.shape), tile // 2))
+    return tile, overlap, min(eff, tile - 1), border_pad_for(entry)
 
 
 # ---------------------------------------------------------------------------------------------
