@@ -132,7 +132,7 @@ def sparse_field(modality: str, index: int, seed: int, size: int = 512):
     return it["observed"][0].numpy(), it["gt"][0].numpy(), it["psf"][0].numpy()
 
 
-def tiling_effect(tiled: np.ndarray, obs: np.ndarray, model, seed: int, md: dict) -> dict:
+def tiling_effect(tiled: np.ndarray, obs: np.ndarray, model, seed: int, md: dict, mask) -> dict:
     """The same restore as one tile over the plane and its mirrored border (the position-
     addressed noise makes it the same draw): the 99.9th percentile and the largest of
     |tiled - untiled| relative to the untiled result's 0.1-99.9 % range, and the seam score
@@ -151,7 +151,7 @@ def tiling_effect(tiled: np.ndarray, obs: np.ndarray, model, seed: int, md: dict
     return {
         "tiled_vs_untiled_p999": float(np.percentile(diff, 99.9)),
         "tiled_vs_untiled_max": float(diff.max()),
-        "seam_vs_untiled": seam_score(tiled, u, tile, overlap=overlap, mask=background_mask(obs)),
+        "seam_vs_untiled": seam_score(tiled, u, tile, overlap=overlap, mask=mask),
     }
 
 
@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         else:  # ground truth known; RL gets the true PSF
             obs, ref, psf = sparse_field(modality, synth, args.seed)
         panels = [("input", obs)]
+        mask = background_mask(obs)  # the input's background, for every method's scores
         # the input scores 1 on both ratios by definition
         base = {"image": name, "modality": modality, "shape": list(obs.shape), "method": "input",
                 "tile": None, "overlap": None, "seam": 1.0, "bg_invention": 1.0,
@@ -246,17 +247,21 @@ def main(argv: list[str] | None = None) -> int:
                 "tile": md.get("tile"),
                 "overlap": md.get("overlap"),
                 "seam": seam_score(
-                    y, obs, int(md.get("tile") or 128), overlap=int(md.get("overlap") or 0)
+                    y,
+                    obs,
+                    int(md.get("tile") or 128),
+                    overlap=int(md.get("overlap") or 0),
+                    mask=mask,
                 ),
                 # RL on its own tiling; the seam grid of a learned model is what matters
-                "bg_invention": background_invention(y, obs),
-                "bg_invention_8_32": background_invention(y, obs, band_px=(8.0, 32.0)),
+                "bg_invention": background_invention(y, obs, mask=mask),
+                "bg_invention_8_32": background_invention(y, obs, band_px=(8.0, 32.0), mask=mask),
                 "seconds": dt,
             }
             if ref is not None:
                 row["psnr_db"] = float(psnr(fit_affine(y, ref), ref))
             if args.untiled and method != "rl":
-                row.update(tiling_effect(y, obs, model, args.seed, md))
+                row.update(tiling_effect(y, obs, model, args.seed, md, mask))
             rows.append(row)
             panels.append((label if len(label) < 28 else "/".join(Path(label).parts[-2:]), y))
             print(json.dumps(row), flush=True)
