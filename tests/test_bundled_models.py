@@ -388,11 +388,15 @@ _TILE_INVARIANT = [
 )
 def test_tile_128_and_tile_1024_agree_on_a_1024_image(name):
     """Exact tiling with a trained tile-invariant model: deterministic settings (U-Net, or DDIM
-    with eta_ddim 0), 99.9 % of the pixels within 0.5 % of the range."""
+    with eta_ddim 0, float32), 99.9 % of the pixels within 0.5 % of the range. (bf16 autocast,
+    the widefield PI-DDPM's default on CPUs with bf16 units, rounds differently per tile size:
+    measured 0.124 % of the pixels beyond 0.5 % at tile 128, 0.093 % in float32;
+    docs/restore.md.)"""
     entry = resolve_model(name)
     items = _synthetic(entry.modality or "widefield", 1024, 1, seed=HELD_OUT_SEED)
     obs = items[0]["observed"][0].numpy()
     kw = {} if entry.method == "unet" else {"eta_ddim": 0.0, "samples": 1, "steps": 10}
+    kw["precision"] = "float32"
     from piddpm.restore import restore
 
     small = np.asarray(restore(obs, model=name, tile=128, progress=False, **kw).mean)

@@ -463,3 +463,17 @@ def test_cli_refuses_a_pixel_size_no_microscope_gives_in_one_line(tmp_path, caps
     )
     err = capsys.readouterr().err
     assert rc != 0 and "--pixel-um" in err and "Traceback" not in err
+
+
+def test_precision_flag_runs_float32_and_bad_values_are_refused(tmp_path, capsys):
+    """``--precision float32`` reaches restore() (the metadata says which arithmetic ran);
+    a value outside auto/float32/bf16 is refused by the parser naming the choices."""
+    src = tmp_path / "in.tif"
+    write_tiff(src, image((40, 40)), axes="YX")
+    out = tmp_path / "out.tif"
+    assert run(src, "-o", out, "--steps", "2", "--precision", "float32") == 0
+    assert read_image(out).metadata["metadata"]["precision"] == "float32"
+    with pytest.raises(SystemExit) as err:
+        run(src, "-o", tmp_path / "o2.tif", "--precision", "double")
+    assert err.value.code == 2
+    assert "float32" in capsys.readouterr().err

@@ -572,6 +572,34 @@ def test_bf16_autocast_is_a_model_default_used_only_where_bf16_is_native(tmp_pat
     assert float(np.abs(res.mean - ref.mean).max()) < 0.05 * span
 
 
+def test_precision_overrides_the_model_default(tmp_path):
+    """``precision="float32"`` runs a bf16-default model in float32 and gives exactly the
+    float32 result; ``"bf16"`` forces autocast (metadata says so, the result stays close);
+    the U-Net says it ignores bf16; an unknown precision is refused naming the choices."""
+    from piddpm.models import resolve_model
+
+    entry = resolve_model("pi-ddpm-widefield")
+    if not entry.restore_defaults.get("autocast"):
+        pytest.skip("the bundled pi-ddpm-widefield does not default to bf16")
+    obs = np.random.default_rng(0).poisson(30.0, (48, 40)).astype(np.float32)
+    kw = dict(model="pi-ddpm-widefield", steps=3, seed=1, progress=False, device="cpu")
+    f32 = restore(obs, precision="float32", **kw)
+    assert f32.metadata["precision"] == "float32"
+    bf16 = restore(obs, precision="bf16", **kw)
+    assert bf16.metadata["precision"] == "bf16 autocast"
+    span = float(np.percentile(f32.mean, 99.9) - np.percentile(f32.mean, 0.1))
+    assert 0 < float(np.abs(bf16.mean - f32.mean).max()) < 0.05 * span
+    auto = restore(obs, precision="auto", **kw)
+    from piddpm.restore.runners import bf16_is_fast
+
+    same_as = bf16 if bf16_is_fast("cpu") else f32
+    np.testing.assert_array_equal(auto.mean, same_as.mean)
+    with pytest.warns(UserWarning, match="precision bf16"):
+        restore(obs, model="unet-widefield", precision="bf16", progress=False)
+    with pytest.raises(PiddpmError, match="precision.*float32"):
+        restore(obs, precision="fp64", **kw)
+
+
 @pytest.mark.parametrize("name", ["unet-widefield", "pi-ddpm-widefield"])
 def test_a_flat_field_keeps_its_level_up_to_the_image_border(tmp_path, name):
     """The learned methods see the plane mirrored beyond the image border (restore_planes),

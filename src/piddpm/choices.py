@@ -16,6 +16,7 @@ __all__ = [
     "GuidanceNorm",
     "Method",
     "Modality",
+    "Precision",
     "RegulariserChoice",
     "Regulariser",
     "RestoreMethod",
@@ -50,6 +51,10 @@ RegulariserChoice = Literal[Regulariser, "none"]
 #: How the learned physics gradient is scaled before it is applied (see
 #: :mod:`piddpm.diffusion.correction`).
 GuidanceNorm = Literal["per-image", "none"]
+#: Arithmetic of the diffusion network while restoring: ``auto`` is the model's default
+#: (bf16 autocast where its ``restore_defaults`` ask for it and the device computes bf16
+#: natively, else float32).
+Precision = Literal["auto", "float32", "bf16"]
 
 
 def options(choice) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ import argparse
 from piddpm.choices import (
     GuidanceChoice,
     Modality,
+    Precision,
     RegulariserChoice,
     RestoreMethod,
     Sampler,
@@ -167,6 +168,14 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="physics guidance: learned (pi-ddpm), known (needs a PSF), both, none; default: "
         "the model's",
+    )
+    s.add_argument(
+        "--precision",
+        choices=options(Precision),
+        default=None,
+        help="arithmetic of the diffusion network: auto (default: the model's, bf16 autocast "
+        "where it asks for it and the CPU/GPU has bf16 units), float32 (slower, tiles most "
+        "exactly), bf16",
     )
 
 
@@ -368,6 +377,7 @@ def _restore_options(args, microscope: dict | None) -> dict:
         regulariser=args.regulariser,
         lam=args.lam,
         guidance=args.guidance,
+        precision=args.precision,
         tile=args.tile,
         batch_size=args.batch,
         seed=args.seed,

@@ -32,7 +32,14 @@ from typing import Any
 import torch
 
 from piddpm import PiddpmError, __version__
-from piddpm.choices import GuidanceChoice, RegulariserChoice, RestoreMethod, Sampler, options
+from piddpm.choices import (
+    GuidanceChoice,
+    Precision,
+    RegulariserChoice,
+    RestoreMethod,
+    Sampler,
+    options,
+)
 from piddpm.normalisation import DEFAULT_PERCENTILES, check_percentiles
 from piddpm.restore.inputs import check_choice, check_int, read_input, resolve_device
 from piddpm.restore.planes import restore_planes
@@ -75,6 +82,7 @@ def restore(
     intensity_range: tuple[float, float] | list | None = None,
     origin: tuple[int, int, int] | None = None,
     borders: tuple[bool, bool, bool, bool] | None = None,
+    precision: str | None = None,
 ) -> RestoreResult:
     """Restore a fluorescence image (2-D, stack, channels, time series) of any size.
 
@@ -106,10 +114,12 @@ def restore(
         lambda, ``"learned"/"known"/"both"/"none"``, DDIM stochasticity); default: the
         model's ``restore_defaults``, else :class:`piddpm.diffusion.SamplerConfig`'s
         (one rule: :func:`piddpm.diffusion.resolve_sampler_config`).
+    precision : {"auto", "float32", "bf16"}, optional
+        Diffusion network arithmetic; ``auto``: the model's (bf16 autocast where its defaults
+        ask for it and the device has bf16 units, else float32, which tiles most exactly).
     tile, overlap, batch_size : int, optional
-        Tile side and overlap in pixels; default: the model's ``restore_defaults`` (measured
-        for each bundled model: GroupNorm statistics depend on the tile), else 256 and 32.
-        ``batch_size`` tiles per batch (4).
+        Tile side and overlap in pixels (default: the model's ``restore_defaults``, else 256
+        and 32); ``batch_size`` tiles per batch (4).
     axes : str, optional
         Axes letters (``"ZYX"``, ``"TCYX"``); default the file's, else by dimensions.
     seed : int
@@ -139,8 +149,7 @@ def restore(
     z_step_um : float, optional
         ``rl-3d``: distance between planes in micrometres (default: the file's).
     intensity_range, origin, borders : optional
-        A part of a larger image (:mod:`piddpm.restore.stream`, which documents them; see
-        also :func:`piddpm.restore.planes.restore_planes`).
+        A part of a larger image (documented in :mod:`piddpm.restore.stream`).
 
     Returns
     -------
@@ -178,7 +187,7 @@ def restore(
         if plan is not None and plan.resamples and psf_np is not None:
             psf_t = torch.from_numpy(psf_on_model_grid(psf_np, plan))[None, None].to(dev)
     given = dict(sampler=sampler, steps=steps, eta=eta, eta_ddim=eta_ddim, guidance=guidance)
-    given.update(regulariser=regulariser, lam=lam, samples=samples)
+    given.update(regulariser=regulariser, lam=lam, samples=samples, precision=precision)
     common = dict(device=dev, psf_t=psf_t, with_residual=use_residual)
     runner, perc, (tile, overlap) = _make_runner(
         entry, given, seed, tiling, (tile, overlap), percentiles, psf_np, plan, inp, common
@@ -203,12 +212,13 @@ def _model_metadata(entry, runner) -> dict:
 
 
 def _check_choices(**values) -> None:
-    """Refuse a method, sampler, guidance or regulariser that is not among the choices."""
+    """Refuse a method, sampler, guidance, regulariser or precision not among the choices."""
     allowed = {
         "method": RestoreMethod,
         "sampler": Sampler,
         "guidance": GuidanceChoice,
         "regulariser": RegulariserChoice,
+        "precision": Precision,
     }
     for label, value in values.items():
         check_choice(label, value, options(allowed[label]))
@@ -262,6 +272,9 @@ def _make_runner(entry, given, seed, tiling, tile_given, percentiles, psf_np, pl
     from piddpm.restore import runners
 
     tile, overlap = tiling
+    given = dict(given)
+    precision = given.pop("precision")
+    _check_choices(precision=precision)
     if entry is None:
         if given["samples"] > 1:
             warnings.warn("Richardson-Lucy is deterministic: samples > 1 ignored", stacklevel=3)
@@ -301,6 +314,8 @@ def _make_runner(entry, given, seed, tiling, tile_given, percentiles, psf_np, pl
     if entry.method == "unet":
         sampler_keys = ("sampler", "steps", "eta", "regulariser", "lam", "guidance")
         ignored = [k for k in sampler_keys if given[k] is not None]
+        if precision == "bf16":  # the U-Net restores in float32
+            ignored.append("precision bf16")
         runner = runners.UNetRunner(ignored=ignored, samples=given["samples"], **learned, **common)
     else:
         from piddpm.diffusion.settings import resolve_sampler_config
@@ -317,7 +332,12 @@ def _make_runner(entry, given, seed, tiling, tile_given, percentiles, psf_np, pl
             tile_invariant=invariant,
         )
         runner = runners.DiffusionRunner(
-            config=config, schedule=schedule, seed=seed, **learned, **common
+            config=config,
+            schedule=schedule,
+            seed=seed,
+            precision=precision,
+            **learned,
+            **common,
         )
     # the outer pixels of a tile, where the network sees its zero padding, get no weight in
     # the blend of a tile-invariant network (tiled == untiled: tests/test_restore.py)

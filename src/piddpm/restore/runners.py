@@ -249,16 +249,21 @@ class UNetRunner(_LearnedRunner):
 class DiffusionRunner(_LearnedRunner):
     """PI-DDPM / DDPM: the sampler of a :class:`SamplerConfig`, one noise field per plane."""
 
-    def __init__(self, *, config: SamplerConfig, schedule, seed: int, **kwargs):
+    def __init__(
+        self, *, config: SamplerConfig, schedule, seed: int, precision: str | None = None, **kwargs
+    ):
         super().__init__(**kwargs)
         self.config, self.schedule, self.seed = config, schedule, seed
         self.samples = config.samples
         self.run_kwargs: dict[str, Any] = {"guidance_norm": config.guidance_norm}
-        # bf16 autocast where the model's defaults ask for it and the device runs bf16 fast
-        # (measured: docs/restore.md); elsewhere (e.g. CPUs without bf16 units) fp32
-        self.autocast = bool(self.entry.restore_defaults.get("autocast", False)) and (
-            bf16_is_fast(self.device)
-        )
+        # auto: bf16 autocast where the model's defaults ask for it and the device runs bf16
+        # fast (measured: docs/restore.md); elsewhere (e.g. CPUs without bf16 units) float32
+        if precision in (None, "auto"):
+            self.autocast = bool(self.entry.restore_defaults.get("autocast", False)) and (
+                bf16_is_fast(self.device)
+            )
+        else:
+            self.autocast = precision == "bf16"
         self.run_kwargs["autocast"] = self.autocast
         if self.entry.config.get("target"):
             self.run_kwargs["target"] = self.entry.config["target"]
