@@ -16,6 +16,8 @@ PSNR / MS-SSIM / NRMSE against the ground truth in the pairs' units (no fit). Us
         --seed 20261126 -n 16 --model pi-ddpm-widefield --model /tmp/old-models/pi-ddpm-widefield
     python benchmarks/bench_heldout.py --fields --modality widefield -n 8 \\
         --model pi-ddpm-widefield --model unet-widefield
+    python benchmarks/bench_heldout.py --pairs-from src/piddpm/models/pi-ddpm-confocal \\
+        --seed 20261126 -n 16 --model pi-ddpm-confocal --with-psf   # the true PSF given
 """
 
 from __future__ import annotations
@@ -81,6 +83,12 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument(
+        "--with-psf",
+        action="store_true",
+        help="give the learned models the true PSF as well (RL always gets it): the "
+        "model's guidance_with_psf then applies (--fields give the microscope instead)",
+    )
     args = ap.parse_args(argv)
     import torch
 
@@ -113,6 +121,8 @@ def main(argv=None) -> int:
                         res = restore(obs, method="rl", psf=p["psf"], progress=False)
                     else:
                         kw = {"microscope": p["microscope"]} if "microscope" in p else {}
+                        if args.with_psf and "microscope" not in p:
+                            kw["psf"] = p["psf"]
                         res = restore(obs, model=name, seed=i, samples=args.samples,
                                       progress=False, **kw)  # fmt: skip
                 est = np.asarray(res.mean)

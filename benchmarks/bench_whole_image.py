@@ -173,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         "plane and its mirrored border) and report how far the tiled result is "
         "from it: what tiling alone adds, apart from what the method does",
     )
+    ap.add_argument(
+        "--with-psf",
+        action="store_true",
+        help="also restore with each learned model given the PSF RL gets (the real suite's "
+        "assumed one, the true one on synthetic fields), labelled 'MODEL +psf': the model's "
+        "guidance_with_psf then applies",
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -230,11 +237,13 @@ def main(argv: list[str] | None = None) -> int:
             base["psnr_db"] = float(psnr(fit_affine(obs, ref), ref))
         rows.append(base)
         runs = [("rl", "rl", None)] + [(m, None, m) for m in models[modality]]
+        if args.with_psf:
+            runs += [(f"{m} +psf", None, m) for m in models[modality]]
         for label, method, model in runs:
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                kw = {"psf": psf} if method == "rl" else {}
+                kw = {"psf": psf} if method == "rl" or label.endswith(" +psf") else {}
                 res = restore(obs, method=method, model=model, seed=args.seed, **kw)
             dt = time.perf_counter() - t0
             y = np.asarray(res.mean, dtype=np.float32)
