@@ -17,7 +17,7 @@ PSNR / MS-SSIM / NRMSE against the ground truth in the pairs' units (no fit). Us
     python benchmarks/bench_heldout.py --fields --modality widefield -n 8 \\
         --model pi-ddpm-widefield --model unet-widefield
     python benchmarks/bench_heldout.py --pairs-from src/piddpm/models/pi-ddpm-confocal \\
-        --seed 20261126 -n 16 --model pi-ddpm-confocal --with-psf   # the true PSF given
+        --seed 20261126 -n 16 --model pi-ddpm-confocal --with-psf   # + true PSF, guidance both
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--with-psf",
         action="store_true",
-        help="give the learned models the true PSF as well (RL always gets it): the "
-        "model's guidance_with_psf then applies (--fields give the microscope instead)",
+        help="also restore with each learned model given the true PSF RL gets and "
+        "guidance both (learned and known-PSF guidance), labelled 'MODEL +psf'",
     )
     args = ap.parse_args(argv)
     import torch
@@ -107,7 +107,8 @@ def main(argv=None) -> int:
         ap.error("give --pairs-from MODEL_DIR or --fields")
     rows = []
     per: dict[str, list[float]] = {}
-    for name in ["input", "rl", *args.model]:
+    extra = [f"{m} +psf" for m in args.model] if args.with_psf else []
+    for name in ["input", "rl", *args.model, *extra]:
         t0 = time.perf_counter()
         scores = []
         for i, p in enumerate(pairs):
@@ -121,9 +122,11 @@ def main(argv=None) -> int:
                         res = restore(obs, method="rl", psf=p["psf"], progress=False)
                     else:
                         kw = {"microscope": p["microscope"]} if "microscope" in p else {}
-                        if args.with_psf and "microscope" not in p:
-                            kw["psf"] = p["psf"]
-                        res = restore(obs, model=name, seed=i, samples=args.samples,
+                        if name.endswith(" +psf"):  # the PSF (fields: the microscope's)
+                            kw.update(guidance="both")
+                            kw.setdefault("psf", None if "microscope" in p else p["psf"])
+                        model = name.removesuffix(" +psf")
+                        res = restore(obs, model=model, seed=i, samples=args.samples,
                                       progress=False, **kw)  # fmt: skip
                 est = np.asarray(res.mean)
             scores.append(score(est.astype(np.float64), p["gt"]))

@@ -177,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         "--with-psf",
         action="store_true",
         help="also restore with each learned model given the PSF RL gets (the real suite's "
-        "assumed one, the true one on synthetic fields), labelled 'MODEL +psf': the model's "
-        "guidance_with_psf then applies",
+        "assumed one, the true one on synthetic fields) and guidance both, labelled "
+        "'MODEL +psf'",
     )
     args = ap.parse_args(argv)
 
@@ -243,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                kw = {"psf": psf} if method == "rl" or label.endswith(" +psf") else {}
+                kw = {"psf": psf} if method == "rl" else {}
+                if label.endswith(" +psf"):
+                    kw = {"psf": psf, "guidance": "both"}
                 res = restore(obs, method=method, model=model, seed=args.seed, **kw)
             dt = time.perf_counter() - t0
             y = np.asarray(res.mean, dtype=np.float32)

@@ -230,21 +230,23 @@ def test_beats_richardson_lucy_on_held_out_pairs(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in _NAMES if n.startswith("pi-ddpm")] or _PARAMS)
-def test_with_the_true_psf_a_pi_ddpm_beats_richardson_lucy_by_more(name):
-    """Given the same true PSF as Richardson-Lucy, a bundled PI-DDPM uses its
-    ``guidance_with_psf`` (learned and known-PSF guidance): on the held-out set it beats RL,
-    and does better than without the PSF."""
+def test_with_the_true_psf_and_guidance_both_a_pi_ddpm_beats_richardson_lucy_by_more(name):
+    """Given the same true PSF as Richardson-Lucy and ``guidance="both"`` (learned and
+    known-PSF guidance; opt-in, docs/restore.md), a bundled PI-DDPM beats RL on the
+    held-out set by more than 0.5 dB, and does better than without the PSF. Measured
+    2026-12-03: widefield 28.32 vs 27.59 without (RL 27.40); confocal 30.64 vs 28.66 (RL
+    28.78)."""
     from piddpm.restore import restore
 
     entry = resolve_model(name)
-    assert entry.restore_defaults.get("guidance_with_psf") == "both"
     items = _synthetic(entry.modality, 128, 16, seed=HELD_OUT_SEED)
     with_psf, without, rl_db = [], [], []
     for i, it in enumerate(items):
         obs, gt, psf = it["observed"][0].numpy(), it["gt"][0].numpy(), it["psf"][0].numpy()
-        res = restore(obs, model=name, psf=psf, seed=i, device="cpu", progress=False)
+        kw = dict(model=name, seed=i, device="cpu", progress=False)
+        res = restore(obs, psf=psf, guidance="both", **kw)
         assert res.metadata["guidance"] == "both"
-        plain = restore(obs, model=name, seed=i, device="cpu", progress=False)
+        plain = restore(obs, **kw)
         rl = restore(obs, method="rl", psf=psf, device="cpu", progress=False)
         with_psf.append(_psnr(np.asarray(res.mean), gt))
         without.append(_psnr(np.asarray(plain.mean), gt))
@@ -339,11 +341,6 @@ def test_bundle_from_checkpoint_and_bad_input(fake_run, tmp_path):
         bm.validate_defaults({"guidance": "learned"}, "ddpm")
     with pytest.raises(PiddpmError, match="unknown key"):
         bm.validate_defaults({"num_step": 3}, "pi-ddpm")
-    bm.validate_defaults({"guidance_with_psf": "both"}, "pi-ddpm")
-    with pytest.raises(PiddpmError, match="guidance_with_psf = 'both' is not valid"):
-        bm.validate_defaults({"guidance_with_psf": "both"}, "ddpm")
-    with pytest.raises(PiddpmError, match="guidance_with_psf = 'psf'.*known"):
-        bm.validate_defaults({"guidance_with_psf": "psf"}, "pi-ddpm")
     with pytest.raises(PiddpmError, match="has no final model"):
         bm.export_weights(tmp_path, tmp_path / "x", from_checkpoint=False)
     from piddpm.cli import main

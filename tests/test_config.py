@@ -169,6 +169,9 @@ def test_every_example_config_validates(path):
     if stem.endswith("-continue"):  # continues a bundled model of that method and modality
         stem = stem.removesuffix("-continue")
         assert cfg_init_from(path) == stem
+    if stem.endswith("-warm"):  # a ddpm warm-started from the pi-ddpm of that modality
+        stem = stem.removesuffix("-warm")
+        assert cfg_init_from(path) == f"pi-{stem}"
     method, _, modality = stem.rpartition("-")
     assert cfg.method == method
     assert cfg.data.modality == modality

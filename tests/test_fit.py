@@ -88,6 +88,29 @@ def test_init_from_copies_the_weights_and_refuses_another_network(tmp_path):
         load_initial_weights(build_network(other), other)
 
 
+def test_a_ddpm_warm_starts_from_the_noise_channel_of_a_pi_ddpm(tmp_path):
+    """init_from a pi-ddpm model in a ddpm run: every weight copied, the output layer's
+    noise channel kept and its physics-gradient channel dropped; the ddpm network then
+    predicts exactly the pi-ddpm's noise channel. A unet run is still refused."""
+    from piddpm.models import load_entry, resolve_model
+    from piddpm.training.components import build_network, load_initial_weights
+
+    cfg = _tiny_cfg(tmp_path, method="ddpm", init_from="pi-ddpm-widefield")
+    net = build_network(cfg)
+    load_initial_weights(net, cfg)
+    source = load_entry(resolve_model("pi-ddpm-widefield"))
+    ref = source.state_dict()
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, ref[k][:1] if k.startswith("conv_out.") else ref[k]), k
+    x = torch.randn(1, 2, 32, 32)
+    gamma = torch.tensor([0.5])
+    with torch.no_grad():
+        assert torch.allclose(net.eval()(x, gamma), source.eval()(x, gamma)[:, :1], atol=1e-6)
+    unet = _tiny_cfg(tmp_path, method="unet", init_from="pi-ddpm-widefield")
+    with pytest.raises(PiddpmError, match="the network differs.*method"):
+        load_initial_weights(build_network(unet), unet)
+
+
 def _gaussian_psf_file(tmp_path, sigma: float, shift=(0.0, 0.0)):
     import tifffile
 

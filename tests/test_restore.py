@@ -572,34 +572,6 @@ def test_bf16_autocast_is_a_model_default_used_only_where_bf16_is_native(tmp_pat
     assert float(np.abs(res.mean - ref.mean).max()) < 0.05 * span
 
 
-def test_guidance_with_psf_is_the_models_choice_when_a_psf_is_known(tmp_path):
-    """``restore_defaults.guidance_with_psf`` replaces the model's guidance when a PSF is
-    known (given, or computed from the microscope) and the caller did not choose one;
-    without a PSF, or with ``guidance`` given, it has no effect."""
-    import shutil
-
-    from piddpm.models import MODELS_DIR
-    from piddpm.models.files import read_model_doc, write_model_doc
-
-    src = MODELS_DIR / "pi-ddpm-widefield"
-    if not src.is_dir():
-        pytest.skip("bundled pi-ddpm-widefield not installed")
-    dst = tmp_path / "m"
-    shutil.copytree(src, dst)
-    doc = read_model_doc(dst / "model.json")
-    doc["config"]["restore_defaults"]["guidance"] = "learned"
-    doc["config"]["restore_defaults"]["guidance_with_psf"] = "both"
-    write_model_doc(dst / "model.json", doc)
-    obs = np.random.default_rng(0).poisson(30.0, (48, 40)).astype(np.float32)
-    kw = dict(model=str(dst), steps=2, progress=False, device="cpu")
-    psf = gaussian_psf()
-    assert restore(obs, **kw).metadata["guidance"] == "learned"
-    assert restore(obs, psf=psf, **kw).metadata["guidance"] == "both"
-    micro = dict(modality="widefield", na=0.8, em_nm=520, pixel_um=0.1)
-    assert restore(obs, microscope=micro, **kw).metadata["guidance"] == "both"
-    assert restore(obs, psf=psf, guidance="none", **kw).metadata["guidance"] == "none"
-
-
 def test_precision_overrides_the_model_default(tmp_path):
     """``precision="float32"`` runs a bf16-default model in float32 and gives exactly the
     float32 result; ``"bf16"`` forces autocast (metadata says so, the result stays close);

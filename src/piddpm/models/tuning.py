@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from piddpm import PiddpmError
-from piddpm.choices import GuidanceChoice, options
 from piddpm.models.files import read_model_doc
 
 #: Seed of the held-out evaluation pairs (training uses the run's seed, 0 for the example
@@ -35,7 +34,6 @@ MODEL_ONLY_KEYS = (
     "std_floor",
     "std_gradient",
     "autocast",
-    "guidance_with_psf",
 )
 
 #: Keys of ``restore_defaults``: those :func:`piddpm.restore.restore` also accepts as
@@ -70,15 +68,6 @@ def validate_defaults(defaults: dict[str, Any], method: str) -> None:
     if method != "pi-ddpm" and config.guidance in ("learned", "both"):
         raise PiddpmError(
             f"restore_defaults: guidance = {config.guidance!r} is not valid for a {method} model"
-        )
-    with_psf = defaults.get("guidance_with_psf")
-    if with_psf is not None and (
-        with_psf not in options(GuidanceChoice)
-        or (method != "pi-ddpm" and with_psf in ("learned", "both"))
-    ):
-        raise PiddpmError(
-            f"restore_defaults: guidance_with_psf = {with_psf!r} is not valid for a {method} "
-            f"model; expected one of {list(options(GuidanceChoice))}"
         )
     checks = {
         "autocast": lambda v: isinstance(v, bool),

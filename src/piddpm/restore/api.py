@@ -321,8 +321,6 @@ def _make_runner(entry, given, seed, tiling, tile_given, percentiles, psf_np, pl
         from piddpm.diffusion.settings import resolve_sampler_config
 
         schedule = schedule_for(entry)
-        if given["guidance"] is None and psf_np is not None:  # the model's choice with a PSF
-            given["guidance"] = entry.restore_defaults.get("guidance_with_psf")
         config = resolve_sampler_config(given, model_sampler, entry.restore_defaults)
         config = runners.diffusion_config(
             config,

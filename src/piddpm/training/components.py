@@ -66,6 +66,10 @@ def build_network(cfg: TrainConfig) -> nn.Module:
 def load_initial_weights(net: nn.Module, cfg: TrainConfig) -> None:
     """Copy the weights of the model ``cfg.init_from`` names into ``net`` (fine-tuning).
 
+    A ``ddpm`` run may start from a ``pi-ddpm`` model of the same network: the two differ
+    only in the output layer, whose noise channel (the first) is kept and whose learned
+    physics-gradient channel is dropped (a warm start; docs/training.md).
+
     Raises
     ------
     PiddpmError
@@ -79,12 +83,22 @@ def load_initial_weights(net: nn.Module, cfg: TrainConfig) -> None:
     mine = {"method": cfg.method, "preset": cfg.model.preset, "overrides": cfg.model.overrides}
     theirs = {k: mcfg.get(k) for k in mine}
     theirs["overrides"] = theirs["overrides"] or {}
-    diff = {k: (theirs[k], mine[k]) for k in mine if theirs[k] != mine[k]}
+    noise_head_only = (theirs["method"], mine["method"]) == ("pi-ddpm", "ddpm")
+    diff = {
+        k: (theirs[k], mine[k])
+        for k in mine
+        if theirs[k] != mine[k] and not (k == "method" and noise_head_only)
+    }
     if diff:
         detail = ", ".join(f"{k}: {a!r} (model) vs {b!r} (config)" for k, (a, b) in diff.items())
         raise PiddpmError(f"init_from {cfg.init_from}: the network differs ({detail})")
     source = load_entry(entry, device="cpu")
-    net.load_state_dict({k: v.detach().clone() for k, v in source.state_dict().items()})
+    state = {k: v.detach().clone() for k, v in source.state_dict().items()}
+    if noise_head_only:  # keep the noise channel of the output layer
+        out = net.conv_out.out_channels
+        for key in ("conv_out.weight", "conv_out.bias"):
+            state[key] = state[key][:out].contiguous()
+    net.load_state_dict(state)
 
 
 def build_schedule(cfg: TrainConfig | ScheduleConfig):
