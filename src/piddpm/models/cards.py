@@ -192,8 +192,13 @@ class _CardWriter:
                 "while other jobs shared the machine" + (f"; {sw}" if sw else "")
             )
         if tr.get("stopped_by_time_limit") or tcfg.get("max_time_s"):
+            how = (
+                f"ended on its time limit at step {step}"
+                if tr.get("stopped_by_time_limit")
+                else f"reached its {step} steps within it"
+            )
             add(f"- Time-boxed: `max_time_s` {tcfg.get('max_time_s')} s per invocation; the run "
-                f"ended on its time limit at step {step}")  # fmt: skip
+                f"{how}")  # fmt: skip
         if tcfg.get("batch_reuse", 1) > 1:
             add(f"- Each simulated batch served {tcfg['batch_reuse']} steps (rotated/flipped "
                 "copies; `batch_reuse`)")  # fmt: skip
