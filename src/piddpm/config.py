@@ -374,7 +374,8 @@ class TrainConfig(_Strict):
         None,
         description="Fine-tune: a trained model (bundled name, run folder or model.json) whose "
         "weights initialise the network and its EMA at step 0 (not on --resume). Its method, "
-        "preset and overrides must equal this run's.",
+        "preset and overrides must equal this run's; a ddpm run may start from a pi-ddpm "
+        "model (its output layer's noise channel).",
     )
     ema_decay: float = Field(
         0.999, ge=0, lt=1, description="Decay of the exponential moving average of the weights."
