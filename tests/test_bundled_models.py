@@ -157,7 +157,11 @@ def test_restores_a_synthetic_observation(name):
 #: xfail is strict, so a retrained model that passes is noticed and taken off the list. Empty
 #: since the GPU-trained diffusion models (2026-11-26); the CPU-trained ones gained -2.6 to
 #: +0.3 dB here.
-KNOWN_WEAK: dict[str, float] = {}
+KNOWN_WEAK: dict[str, float] = {
+    # measured 2026-12-03: 27.73 vs the input's 28.24 dB (8 of 16 pairs above it); the
+    # GPU-trained GroupNorm model it replaced was below the input here too (28.14, 9 of 16)
+    "ddpm-confocal": -0.51,
+}
 
 
 def _weak_marks(names):
@@ -409,9 +413,30 @@ _TILE_INVARIANT = [
 ]
 
 
+#: Tile-invariant models that miss the exact-tiling bound at tile 128 (share of pixels more
+#: than 0.5 % of the range apart, measured 2026-12-03 in float32): the warm-started DDPMs,
+#: without the learned guidance, are more sensitive to the tile edges 32 px away.
+TILE_128_MISSES: dict[str, float] = {"ddpm-confocal": 0.116, "ddpm-widefield": 0.119}
+
+
+def _tile_marks(names):
+    return [
+        pytest.param(
+            n,
+            marks=pytest.mark.xfail(
+                strict=True, reason=f"{n}: {TILE_128_MISSES[n]} % of pixels differ (bound 0.1 %)"
+            ),
+        )
+        if n in TILE_128_MISSES
+        else n
+        for n in names
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name", _TILE_INVARIANT or [pytest.param(None, marks=pytest.mark.skip(reason=_NO_MODELS))]
+    "name",
+    _tile_marks(_TILE_INVARIANT) or [pytest.param(None, marks=pytest.mark.skip(reason=_NO_MODELS))],
 )
 def test_tile_128_and_tile_1024_agree_on_a_1024_image(name):
     """Exact tiling with a trained tile-invariant model: deterministic settings (U-Net, or DDIM
