@@ -123,8 +123,9 @@ def main(argv=None) -> int:
                     else:
                         kw = {"microscope": p["microscope"]} if "microscope" in p else {}
                         if name.endswith(" +psf"):  # the PSF (fields: the microscope's)
-                            kw.update(guidance="both")
-                            kw.setdefault("psf", None if "microscope" in p else p["psf"])
+                            kw["guidance"] = "both"
+                            if "microscope" not in p:
+                                kw["psf"] = p["psf"]
                         model = name.removesuffix(" +psf")
                         res = restore(obs, model=model, seed=i, samples=args.samples,
                                       progress=False, **kw)  # fmt: skip

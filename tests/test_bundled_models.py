@@ -164,19 +164,24 @@ KNOWN_WEAK: dict[str, float] = {
 }
 
 
-def _weak_marks(names):
+def _xfail_marks(names, known: dict[str, float], reason: str):
+    """``names`` as parameters, those in ``known`` as strict xfails whose reason is
+    ``reason`` formatted with ``name`` and ``value`` (the measured figure)."""
     return [
         pytest.param(
             n,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=f"{n}: mean PSNR gain over the input {KNOWN_WEAK[n]:+.1f} dB here",
-            ),
+            marks=pytest.mark.xfail(strict=True, reason=reason.format(name=n, value=known[n])),
         )
-        if n in KNOWN_WEAK
+        if n in known
         else n
         for n in names
     ]
+
+
+def _weak_marks(names):
+    return _xfail_marks(
+        names, KNOWN_WEAK, "{name}: mean PSNR gain over the input {value:+.1f} dB here"
+    )
 
 
 @pytest.mark.slow
@@ -420,17 +425,7 @@ TILE_128_MISSES: dict[str, float] = {"ddpm-confocal": 0.116, "ddpm-widefield": 0
 
 
 def _tile_marks(names):
-    return [
-        pytest.param(
-            n,
-            marks=pytest.mark.xfail(
-                strict=True, reason=f"{n}: {TILE_128_MISSES[n]} % of pixels differ (bound 0.1 %)"
-            ),
-        )
-        if n in TILE_128_MISSES
-        else n
-        for n in names
-    ]
+    return _xfail_marks(names, TILE_128_MISSES, "{name}: {value} % of pixels differ (bound 0.1 %)")
 
 
 @pytest.mark.slow
