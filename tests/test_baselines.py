@@ -156,6 +156,38 @@ def test_auto_stops_near_the_noise_level():
     assert err(u) < 0.5 * err(richardson_lucy(obs, psf, 100, background=5.0, boundary="periodic"))
 
 
+def test_auto_with_read_noise_stops_at_the_noise_level_of_dim_data():
+    """Dim data with camera read noise (20 photons peak, background 10, 1.5 e- rms): the
+    Poisson discrepancy at the true object is about ``1 + s^2 / (A u + b)`` > 1, so the pure
+    Poisson rule never stops and RL fits the noise. With ``read_noise`` (the shifted-Poisson
+    model, ``y + s^2 ~ Poisson(A u + b + s^2)``) the rule stops early, with a much smaller
+    error; and the model is exactly RL on ``y + s^2`` with background ``b + s^2``."""
+    psf = _gaussian_psf(15, 1.5)
+    scene = torch.zeros(1, 1, 96, 96, dtype=torch.float64)
+    scene[..., 30:60, 20:70] = 1.0
+    scene[..., 40:50, 30:40] = 3.0
+    scene = blur(scene, psf, "periodic")
+    out = acquire(scene, psf, photons=20.0, background=10.0, read_noise=1.5,
+                  boundary="periodic", generator=3)  # fmt: skip
+    truth = scene * out["scale"].view(-1, 1, 1, 1)
+    obs = out["observed"]
+
+    def err(u):
+        return float((u - truth).norm() / truth.norm())
+
+    kw = dict(background=10.0, boundary="periodic", return_info=True)
+    u_pois, info_pois = richardson_lucy(obs, psf, "auto", **kw)
+    u, info = richardson_lucy(obs, psf, "auto", read_noise=1.5, **kw)
+    assert info_pois["num_iter"][0] >= 100 and info_pois["discrepancy"][0] > 1.0
+    assert info["discrepancy"][0] <= 1.0 and 1 <= info["num_iter"][0] <= 30
+    assert err(u) < 0.7 * err(u_pois)
+    shifted = richardson_lucy(obs + 2.25, psf, 7, background=12.25, boundary="periodic")
+    torch.testing.assert_close(
+        richardson_lucy(obs, psf, 7, background=10.0, read_noise=1.5, boundary="periodic"),
+        shifted,
+    )
+
+
 # ---------------------------------------------------------------- interface
 def test_rtol_stops_early_and_batch_equals_single_runs():
     rng = np.random.default_rng(6)
@@ -194,6 +226,8 @@ def test_types_and_shapes_round_trip():
         (dict(rtol=0.0), "rtol"),
         (dict(boundary="reflect"), "boundary"),
         (dict(background=-1.0), "background"),
+        (dict(read_noise=-1.0), "read_noise"),
+        (dict(read_noise=float("nan")), "read_noise"),
         (dict(init=-np.ones((16, 16))), "init"),
     ],
 )

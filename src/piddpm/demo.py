@@ -714,8 +714,9 @@ def _simulate(
 def _restore_rl(
     ctx: _Context, modality: str, observed: np.ndarray, psf: np.ndarray, unit_meta: dict
 ) -> tuple[np.ndarray, float, int]:
-    """Richardson-Lucy (Poisson maximum likelihood with the known PSF and background), write
-    ``{modality}_rl.tif``; returns the estimate (background removed), runtime, iterations."""
+    """Richardson-Lucy (Poisson maximum likelihood with the known PSF, background and read
+    noise, the last as a shifted Poisson), write ``{modality}_rl.tif``; returns the estimate
+    (background removed), runtime, iterations."""
     import torch
 
     from piddpm.baselines import richardson_lucy
@@ -725,7 +726,8 @@ def _restore_rl(
     u, info = richardson_lucy(
         torch.from_numpy(observed).to(ctx.device),
         torch.from_numpy(psf.astype(np.float32)).to(ctx.device),
-        "auto", background=bg, boundary="zero", return_info=True,
+        "auto", background=bg, read_noise=CAMERA["read_noise"], boundary="zero",
+        return_info=True,
     )  # fmt: skip
     u = u.cpu().double().numpy()
     rl_time = time.perf_counter() - t
@@ -734,8 +736,9 @@ def _restore_rl(
     ctx.tiff(
         f"{modality}_rl.tif", u + bg,
         {"content": f"{modality} Richardson-Lucy restoration", "method": "rl",
-         "num_iter": n_iter, "rule": "auto (Poisson discrepancy <= 1, relative change < 1e-3, "
-         "or 200 iterations)", **unit_meta},
+         "num_iter": n_iter, "rule": "auto (Poisson discrepancy <= 1 under the shifted-"
+         "Poisson model of the read noise, relative change < 1e-3, or 200 iterations)",
+         **unit_meta},
     )  # fmt: skip
     return u, rl_time, n_iter
 

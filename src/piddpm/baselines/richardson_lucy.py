@@ -69,6 +69,7 @@ def richardson_lucy(
     num_iter: int | Literal["auto"] = 30,
     *,
     background=0.0,
+    read_noise: float = 0.0,
     tv_weight: float = 0.0,
     rtol: float | None = None,
     boundary: Literal["zero", "periodic"] = "zero",
@@ -103,6 +104,15 @@ def richardson_lucy(
     background : float, Tensor or ndarray
         Known background ``b`` (same units as ``image``) in the model ``A u + b``: a number,
         or anything broadcastable to ``(B, C, H, W)`` (e.g. per-sample ``(B, 1, 1, 1)``).
+    read_noise : float
+        Gaussian read noise of the camera, rms, in the units of ``image`` (photo-electrons).
+        With ``read_noise = s > 0`` the shifted-Poisson model of Snyder et al. (1993) is
+        used: ``y + s^2 ~ Poisson(A u + b + s^2)``, i.e. ``s^2`` is added to the data and to
+        the background in the update and in the discrepancy. Without it, data with read
+        noise have a Poisson discrepancy above 1 at the true object (about
+        ``1 + s^2 / (A u + b)``), so ``"auto"`` never meets rule (a) where the background
+        is dim and iterates into the noise (at 20 photons peak, background 10, read noise
+        1.5 e-: 200 iterations instead of 10). Default 0 (pure Poisson).
     tv_weight : float
         Total-variation weight ``lambda`` in ``[0, 0.25)``; typical values 1e-3 to 1e-2.
         The bound keeps the TV denominator positive (``|div| <= 4``).
@@ -140,6 +150,8 @@ def richardson_lucy(
     ----------
     W. H. Richardson, J. Opt. Soc. Am. 62, 55 (1972); L. B. Lucy, Astron. J. 79, 745 (1974).
     N. Dey et al., Microsc. Res. Tech. 69, 260 (2006) (RL with total variation).
+    D. L. Snyder, A. M. Hammoud, R. L. White, J. Opt. Soc. Am. A 10, 1014 (1993) (read
+    noise: the shifted-Poisson model).
     M. Bertero et al., Inverse Problems 26, 105004 (2010) (discrepancy principle, Poisson).
     """
     y, is_numpy, was2d = _as_data(image)
@@ -150,6 +162,9 @@ def richardson_lucy(
     _check_fits(tuple(y.shape[-2:]), tuple(k.shape[-2:]))
     op = FFTBlur(k, tuple(y.shape[-2:]), "periodic" if boundary == "periodic" else "same")
     b = _as_background(background, y)
+    shift = _read_noise_shift(read_noise)
+    if shift:  # shifted Poisson: y + s^2 ~ Poisson(A u + b + s^2)
+        y, b = y + shift, b + shift
     y = y.clamp_min(0)
     u = _initial_estimate(init, y, b, k, eps)
     inv_sens = None
@@ -233,6 +248,19 @@ def _as_background(background, y: torch.Tensor) -> torch.Tensor:
     if bool((b < 0).any()) or not bool(torch.isfinite(b).all()):
         raise PiddpmError("background must be finite and >= 0")
     return b
+
+
+def _read_noise_shift(read_noise) -> float:
+    """``read_noise ** 2`` (checked finite and >= 0)."""
+    try:
+        s = float(read_noise)
+    except (TypeError, ValueError):
+        s = math.nan
+    if not (math.isfinite(s) and s >= 0):
+        raise PiddpmError(
+            f"read_noise must be a finite number >= 0 (rms, image units), got {read_noise!r}"
+        )
+    return s * s
 
 
 def _initial_estimate(init, y, b, k, eps) -> torch.Tensor:
