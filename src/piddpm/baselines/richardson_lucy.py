@@ -24,7 +24,7 @@ import torch
 
 from piddpm import PiddpmError
 from piddpm.acquisition import _as_psf, _check_batch, _check_boundary, _check_fits
-from piddpm.baselines.rl_core import FFTBlur, rl_fixed_iterations
+from piddpm.baselines.rl_core import FFTBlur, broadcast_shapes, rl_fixed_iterations
 
 __all__ = ["richardson_lucy", "AUTO_RTOL", "AUTO_MAX_ITER"]
 
@@ -236,8 +236,8 @@ def _as_background(background, y: torch.Tensor) -> torch.Tensor:
     if b.ndim == 2:  # an (H, W) background map
         b = b[None, None]
     try:
-        fits = torch.broadcast_shapes(b.shape, y.shape) == y.shape
-    except RuntimeError:
+        fits = broadcast_shapes(tuple(b.shape), tuple(y.shape)) == tuple(y.shape)
+    except ValueError:
         fits = False
     if not fits:
         raise PiddpmError(

@@ -50,6 +50,7 @@ __all__ = [
     "CACHE_MAX_ELEMENTS",
     "FFTBlur",
     "PairLayout",
+    "broadcast_shapes",
     "fft_grid",
     "good_fft_size",
     "rl_fixed_iterations",
@@ -64,6 +65,20 @@ CACHE_ENTRIES = 8
 CACHE_MAX_ELEMENTS = 1 << 22
 
 _CACHE: OrderedDict = OrderedDict()
+
+
+def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """The broadcast of plain integer shapes (``torch.broadcast_shapes`` without its first
+    call's import of torch's symbolic-shape machinery, ~0.8 s per process on this CPU).
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not broadcast.
+    """
+    import numpy as np
+
+    return tuple(int(n) for n in np.broadcast_shapes(*(tuple(s) for s in shapes)))
 
 
 def _psf_key(psf: torch.Tensor) -> str:
@@ -337,7 +352,7 @@ def rl_fixed_iterations(
     # the estimate and the ratio live inside zero-padded FFT grids: no padding copies
     ubuf = u.new_zeros(lead + tuple(grid))
     ubuf[obj] = u
-    rbuf = u.new_zeros(torch.broadcast_shapes(lead, tuple(y.shape[: y.ndim - op.d])) + grid)
+    rbuf = u.new_zeros(broadcast_shapes(lead, tuple(y.shape[: y.ndim - op.d])) + grid)
     uv, rv = ubuf[obj], rbuf[dat]
     done = num_iter
     for k in range(num_iter + (monitor is not None)):
@@ -515,7 +530,7 @@ def _rl_paired(y, u, op: FFTBlur, num_iter, background, inv_sens, eps, monitor):
     lay = op.pair_layout()
     d = op.d
     lead_u = tuple(u.shape[: u.ndim - d])
-    lead_y = torch.broadcast_shapes(lead_u, tuple(y.shape[: y.ndim - d]))
+    lead_y = broadcast_shapes(lead_u, tuple(y.shape[: y.ndim - d]))
     zf, za = lay.new_grid(lead_u, u.dtype), lay.new_grid(lead_y, u.dtype)
     est, ratio = lay.pair_view(zf, "object"), lay.pair_view(za, "data")
     lay.to_pairs(u, "object", out=est)
