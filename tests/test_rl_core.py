@@ -99,3 +99,28 @@ def test_paired_layout_defaults_and_refusals():
         FFTBlur(psf, (64, 64), "periodic", pack=True)
     with pytest.raises(ValueError, match="paired layout"):
         FFTBlur(psf, (12, 64), "same", pack=True)
+
+
+@pytest.mark.parametrize(
+    "geometry, shape, ks, lead",
+    [*((g, s, k, ()) for g, s, k in CASES), ("periodic", (33, 40), (7, 5), ()),
+     ("same", (40, 36), (7, 9), (3, 1)), ("valid", (30, 50), (7, 9), (2, 1))],
+)  # fmt: skip
+def test_sensitivity_is_the_adjoint_of_ones_and_one_inside(geometry, shape, ks, lead):
+    """``A^T 1`` (computed from per-axis masks, without a transform of the volume) equals the
+    adjoint applied to ones, per-sample PSFs included; for a unit-sum PSF it is 1 wherever
+    the whole PSF sees data (every geometry's interior, everywhere when periodic) and
+    falls off towards the borders."""
+    rng = np.random.default_rng(3)
+    psf = torch.from_numpy(rng.random(lead + ks))
+    psf /= psf.sum(dim=tuple(range(-len(ks), 0)), keepdim=True)
+    op = FFTBlur(psf, shape, geometry)
+    sens = op.sensitivity(lead, torch.float64, "cpu")
+    ref = op.adjoint(torch.ones(lead + shape, dtype=torch.float64))
+    assert sens.shape == ref.shape
+    torch.testing.assert_close(sens, ref, atol=1e-12, rtol=0)
+    m = [k for k in ks] if geometry == "valid" else [k // 2 + 1 for k in ks]
+    inner = (...,) + tuple(slice(mm, n - mm) for mm, n in zip(m, op.object_shape, strict=True))
+    torch.testing.assert_close(sens[inner], torch.ones_like(sens[inner]), atol=1e-12, rtol=0)
+    if geometry != "periodic":
+        assert float(sens.min()) < 0.5
