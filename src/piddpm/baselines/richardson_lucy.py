@@ -105,14 +105,10 @@ def richardson_lucy(
         Known background ``b`` (same units as ``image``) in the model ``A u + b``: a number,
         or anything broadcastable to ``(B, C, H, W)`` (e.g. per-sample ``(B, 1, 1, 1)``).
     read_noise : float
-        Gaussian read noise of the camera, rms, in the units of ``image`` (photo-electrons).
-        With ``read_noise = s > 0`` the shifted-Poisson model of Snyder et al. (1993) is
-        used: ``y + s^2 ~ Poisson(A u + b + s^2)``, i.e. ``s^2`` is added to the data and to
-        the background in the update and in the discrepancy. Without it, data with read
-        noise have a Poisson discrepancy above 1 at the true object (about
-        ``1 + s^2 / (A u + b)``), so ``"auto"`` never meets rule (a) where the background
-        is dim and iterates into the noise (at 20 photons peak, background 10, read noise
-        1.5 e-: 200 iterations instead of 10). Default 0 (pure Poisson).
+        Camera read noise ``s``, rms, in image units (e-): the shifted-Poisson model of
+        Snyder et al. (1993), ``y + s^2 ~ Poisson(A u + b + s^2)``, in the update and the
+        discrepancy. Without it the discrepancy at the true object is about
+        ``1 + s^2 / (A u + b)``, and ``"auto"`` runs into the noise on dim data. Default 0.
     tv_weight : float
         Total-variation weight ``lambda`` in ``[0, 0.25)``; typical values 1e-3 to 1e-2.
         The bound keeps the TV denominator positive (``|div| <= 4``).
