@@ -435,7 +435,13 @@ _TILE_INVARIANT = [
 #: Tile-invariant models that miss the exact-tiling bound at tile 128 (share of pixels more
 #: than 0.5 % of the range apart, measured 2026-12-03 in float32): the warm-started DDPMs,
 #: without the learned guidance, are more sensitive to the tile edges 32 px away.
-TILE_128_MISSES: dict[str, float] = {"ddpm-confocal": 0.116, "ddpm-widefield": 0.119}
+TILE_128_MISSES: dict[str, float] = {
+    "ddpm-confocal": 0.116,
+    "ddpm-widefield": 0.119,
+    # the 20,110-step network (2026-12-03, second session; the 14,110-step one: 0.093 %);
+    # its default tile 256 meets the bound (0.035 % in float32, 0.051 % in bf16)
+    "pi-ddpm-widefield": 0.131,
+}
 
 
 def _tile_marks(names):
@@ -451,8 +457,8 @@ def test_tile_128_and_tile_1024_agree_on_a_1024_image(name):
     """Exact tiling with a trained tile-invariant model: deterministic settings (U-Net, or DDIM
     with eta_ddim 0, float32), 99.9 % of the pixels within 0.5 % of the range. (bf16 autocast,
     the widefield PI-DDPM's default on CPUs with bf16 units, rounds differently per tile size:
-    measured 0.124 % of the pixels beyond 0.5 % at tile 128, 0.093 % in float32;
-    docs/restore.md.)"""
+    measured on its 14,110-step network 0.124 % of the pixels beyond 0.5 % at tile 128,
+    0.093 % in float32; docs/restore.md.)"""
     entry = resolve_model(name)
     items = _synthetic(entry.modality or "widefield", 1024, 1, seed=HELD_OUT_SEED)
     obs = items[0]["observed"][0].numpy()
