@@ -296,20 +296,28 @@ class FFTBlur:
     def _box_sums(self, dtype, device) -> torch.Tensor:
         """``A^T 1`` without an FFT of the volume: each object voxel's sensitivity is the sum
         of the PSF voxels whose data voxel exists, and whether it exists is decided axis by
-        axis, so ``A^T 1 = sum_j psf[j] prod_a M_a[x_a, j_a]`` with the 0/1 masks ``M_a``
-        (object x PSF length) of the operator's own geometry on each axis, taken from its
-        1-D adjoint of ones for each PSF position. ``d`` small matrix products instead of
-        two transforms of the padded volume (1.4 s for a 64 x 512 x 512 stack with a 31^3
-        PSF on one CPU thread); equal to ``adjoint(ones)`` to round-off (tested)."""
+        axis, so ``A^T 1 = sum_j psf[j] prod_a M_a[j_a, x_a]`` with the 0/1 masks of
+        :func:`_axis_mask`. ``d`` small matrix products instead of two transforms of the
+        padded volume (1.4 s for a 64 x 512 x 512 stack with a 31^3 PSF on one CPU thread);
+        equal to ``adjoint(ones)`` to round-off (tested)."""
         out = self.psf.to(dtype=dtype, device=device)
         for a in range(self.d):
-            n, k = self.shape[a], self.psf_shape[a]
-            eye = torch.eye(k, dtype=torch.float64)
-            axis_op = FFTBlur(eye, (n,), self.geometry, pack=False)
-            mask = axis_op.adjoint(torch.ones(k, n, dtype=torch.float64)).round()
+            mask = _axis_mask(self.shape[a], self.psf_shape[a], self.geometry)
             pos = out.ndim - self.d + a
             out = (out.movedim(pos, -1) @ mask.to(dtype=dtype, device=device)).movedim(-1, pos)
         return out
+
+
+def _axis_mask(n: int, k: int, geometry: Geometry) -> torch.Tensor:
+    """``M[j, x] = 1`` where PSF index ``j`` carries object voxel ``x`` to an existing data
+    voxel on one axis of ``n`` data voxels: data voxel ``x + j - k // 2`` (``"same"``) or
+    ``x + j - (k - 1)`` (``"valid"``, object ``n + k - 1`` long); all ones when periodic."""
+    if geometry == "periodic":
+        return torch.ones(k, n, dtype=torch.float64)
+    obj = n + k - 1 if geometry == "valid" else n
+    shift = k - 1 if geometry == "valid" else k // 2
+    i = torch.arange(obj)[None, :] + torch.arange(k)[:, None] - shift
+    return ((i >= 0) & (i < n)).to(torch.float64)
 
 
 def rl_fixed_iterations(
