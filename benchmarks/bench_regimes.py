@@ -21,13 +21,10 @@ import warnings
 import numpy as np
 import torch
 
-SPECIMENS = ("filaments+puncta", "mixture", "er", "nuclei")
-PHOTONS = (20.0, 200.0, 2000.0)
-
 
 def main() -> None:
+    from _demo_cases import demo_cases
     from piddpm import demo
-    from piddpm.acquisition import acquire
     from piddpm.baselines import richardson_lucy
     from piddpm.metrics import psnr
     from piddpm.restore import restore
@@ -43,35 +40,25 @@ def main() -> None:
     mod = args.modality
     models = (args.models or f"unet-{mod},pi-ddpm-{mod}").split(",")
     micro = demo.MICROSCOPES[mod]
-    size, bg, s = 256, demo.CAMERA["background"], demo.CAMERA["read_noise"]
-    psf = demo._compute_psf(micro, demo._kernel_size(micro, size))
+    bg, s = demo.CAMERA["background"], demo.CAMERA["read_noise"]
+    psf, cases = demo_cases(mod)
     given = {"modality": mod, "na": micro.na, "em_nm": micro.em_wavelength_nm, "ri": micro.ri}
     print(f"\n## PSNR (dB) by specimen and photons ({mod}; PI-DDPM samples: {args.samples})")
     print("| specimen | photons peak | input | RL | " + " | ".join(models) + " |")
     print("|---|---:|---:|---:|" + "---:|" * len(models))
-    for spec in SPECIMENS:
-        gt = demo.render_demo_specimen(
-            spec, size, demo.PIXEL_SIZE_UM, generator=np.random.default_rng(0)
-        )
-        for photons in PHOTONS:
-            shot = acquire(
-                torch.from_numpy(gt.astype(np.float64)), torch.from_numpy(psf),
-                photons=photons, background=bg, read_noise=s, boundary="zero",
-                generator=torch.Generator().manual_seed(1),
-            )  # fmt: skip
-            obs, scale = shot["observed"].float().numpy(), float(shot["scale"][0])
-            u = richardson_lucy(obs, psf.astype(np.float32), "auto", background=bg, read_noise=s)
-            vals = [psnr((obs - bg) / scale, gt), psnr(np.asarray(u, np.float64) / scale, gt)]
-            for m in models:
-                res = restore(
+    for spec, photons, gt, obs, scale in cases:
+        u = richardson_lucy(obs, psf.astype(np.float32), "auto", background=bg, read_noise=s)
+        vals = [psnr((obs - bg) / scale, gt), psnr(np.asarray(u, np.float64) / scale, gt)]
+        for m in models:
+            res = restore(
                     obs, model=m, psf=psf.astype(np.float32), seed=0, device="cpu",
                     progress=False, pixel_size_um=demo.PIXEL_SIZE_UM, microscope=given,
                     samples=args.samples if m.startswith("pi-ddpm") else 1,
                 )  # fmt: skip
-                vals.append(psnr((np.asarray(res.mean, np.float64) - bg) / scale, gt))
-            best = int(np.argmax(vals[1:])) + 1
-            cells = [f"**{v:.2f}**" if i == best else f"{v:.2f}" for i, v in enumerate(vals)]
-            print(f"| {spec} | {photons:g} | " + " | ".join(cells) + " |", flush=True)
+            vals.append(psnr((np.asarray(res.mean, np.float64) - bg) / scale, gt))
+        best = int(np.argmax(vals[1:])) + 1
+        cells = [f"**{v:.2f}**" if i == best else f"{v:.2f}" for i, v in enumerate(vals)]
+        print(f"| {spec} | {photons:g} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

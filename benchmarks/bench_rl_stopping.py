@@ -20,14 +20,12 @@ import argparse
 import numpy as np
 import torch
 
-SPECIMENS = ("filaments+puncta", "mixture", "er", "nuclei")
-PHOTONS = (20.0, 200.0, 2000.0)
 COUNTS = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 100)
 
 
 def main() -> None:
+    from _demo_cases import demo_cases
     from piddpm import demo
-    from piddpm.acquisition import acquire
     from piddpm.baselines import richardson_lucy
     from piddpm.metrics import psnr
 
@@ -36,37 +34,27 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    micro = demo.MICROSCOPES[args.modality]
-    size, bg, s = 256, demo.CAMERA["background"], demo.CAMERA["read_noise"]
-    psf = demo._compute_psf(micro, demo._kernel_size(micro, size))
+    bg, s = demo.CAMERA["background"], demo.CAMERA["read_noise"]
+    psf, cases = demo_cases(args.modality)
     k = torch.from_numpy(psf.astype(np.float32))
     print(f"\n## RL stopping rule and read noise ({args.modality}, read noise {s} e-)")
     print("| specimen | photons peak | without read_noise | read_noise | best of 1-100 |")
     print("|---|---:|---:|---:|---:|")
-    for spec in SPECIMENS:
-        gt = demo.render_demo_specimen(
-            spec, size, demo.PIXEL_SIZE_UM, generator=np.random.default_rng(0)
+    for spec, photons, gt, obs, scale in cases:
+        obs = torch.from_numpy(obs)
+
+        def score(u, scale=scale, gt=gt):
+            return psnr(u.double().numpy() / scale, gt)
+
+        kw = dict(background=bg, boundary="zero", return_info=True)
+        u0, i0 = richardson_lucy(obs, k, "auto", **kw)
+        u1, i1 = richardson_lucy(obs, k, "auto", read_noise=s, **kw)
+        best = max(
+            (score(richardson_lucy(obs, k, n, background=bg, read_noise=s)), n) for n in COUNTS
         )
-        for photons in PHOTONS:
-            shot = acquire(
-                torch.from_numpy(gt.astype(np.float64)), torch.from_numpy(psf),
-                photons=photons, background=bg, read_noise=s, boundary="zero",
-                generator=torch.Generator().manual_seed(1),
-            )  # fmt: skip
-            obs, scale = shot["observed"].float(), float(shot["scale"][0])
-
-            def score(u, scale=scale, gt=gt):
-                return psnr(u.double().numpy() / scale, gt)
-
-            kw = dict(background=bg, boundary="zero", return_info=True)
-            u0, i0 = richardson_lucy(obs, k, "auto", **kw)
-            u1, i1 = richardson_lucy(obs, k, "auto", read_noise=s, **kw)
-            best = max(
-                (score(richardson_lucy(obs, k, n, background=bg, read_noise=s)), n) for n in COUNTS
-            )
-            print(f"| {spec} | {photons:g} | {score(u0):.2f} ({i0['num_iter'][0]}) | "
-                  f"{score(u1):.2f} ({i1['num_iter'][0]}) | {best[0]:.2f} ({best[1]}) |",
-                  flush=True)  # fmt: skip
+        print(f"| {spec} | {photons:g} | {score(u0):.2f} ({i0['num_iter'][0]}) | "
+              f"{score(u1):.2f} ({i1['num_iter'][0]}) | {best[0]:.2f} ({best[1]}) |",
+              flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

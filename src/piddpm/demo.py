@@ -45,7 +45,9 @@ __all__ = [
     "DemoResult",
     "Microscope",
     "check_output_dir",
+    "demo_psf",
     "format_table",
+    "image_with_camera",
     "ms_ssim_settings",
     "render_demo_specimen",
     "run_demo",
@@ -305,6 +307,32 @@ def _compute_psf(micro: Microscope, kernel: int) -> np.ndarray:
             PIXEL_SIZE_UM, kernel, ri=micro.ri,
         )  # fmt: skip
     return project_psf(psf3, "focus").double().numpy()
+
+
+def demo_psf(modality: str, size: int) -> np.ndarray:
+    """The in-focus PSF of the demo's ``modality`` microscope for a ``size``-pixel image
+    (float64, unit sum, :data:`PIXEL_SIZE_UM` pixels)."""
+    micro = MICROSCOPES[modality]
+    return _compute_psf(micro, _kernel_size(micro, size))
+
+
+def image_with_camera(
+    gt: np.ndarray, psf: np.ndarray, photons: float, generator
+) -> tuple[np.ndarray, float]:
+    """``gt`` imaged through ``psf`` and the demo's camera (:data:`CAMERA`'s background and
+    read noise, ``photons`` at the brightest blurred pixel; zero boundary), on the CPU in
+    float64: the observation (float32, photo-electrons) and the photons per unit of
+    ground-truth density. ``generator``: a :class:`torch.Generator` or a seed."""
+    import torch
+
+    from piddpm.acquisition import acquire
+
+    shot = acquire(
+        torch.from_numpy(gt.astype(np.float64)), torch.from_numpy(psf),
+        photons=photons, background=CAMERA["background"], read_noise=CAMERA["read_noise"],
+        boundary="zero", generator=generator,
+    )  # fmt: skip
+    return shot["observed"].float().numpy(), float(shot["scale"][0])
 
 
 def _torch_seed(seq: np.random.SeedSequence) -> int:
@@ -656,18 +684,10 @@ def _simulate(
     of images in camera units."""
     import torch
 
-    from piddpm.acquisition import acquire
-
     modality = micro.modality
     # simulation on the CPU in float64, so the observation does not depend on --device
     noise_gen = torch.Generator().manual_seed(_torch_seed(seed_seq))
-    shot = acquire(
-        torch.from_numpy(ctx.gt.astype(np.float64)), torch.from_numpy(psf),
-        photons=CAMERA["photons"], background=CAMERA["background"],
-        read_noise=CAMERA["read_noise"], boundary="zero", generator=noise_gen,
-    )  # fmt: skip
-    observed = shot["observed"].float().numpy()
-    scale = float(shot["scale"][0])  # photons per unit of ground-truth density
+    observed, scale = image_with_camera(ctx.gt, psf, CAMERA["photons"], noise_gen)
     unit_meta = {
         "units": "photo-electrons per pixel (gain 1, offset 0), background included",
         "photons_per_gt_unit": scale,
