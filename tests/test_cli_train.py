@@ -65,6 +65,20 @@ def test_train_then_resume_to_more_steps(tmp_path, config_file, capsys):
     ]
 
 
+def test_precision_option_overrides_the_config(tmp_path, config_file, capsys):
+    data = yaml.safe_load(config_file.read_text())
+    data["precision"] = "bf16"
+    config_file.write_text(yaml.safe_dump(data))
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(config_file), "--out", str(out), "--steps", "1"]
+    rc = main([*argv, "--precision", "fp32", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["precision"] == "fp32"
+    with pytest.raises(SystemExit):
+        main([*argv, "--precision", "fp64"])
+    assert "invalid choice: 'fp64'" in capsys.readouterr().err
+
+
 def test_stop_at_leaves_a_resumable_run(tmp_path, config_file, capsys):
     out = tmp_path / "run"
     rc = main(

@@ -430,3 +430,18 @@ def test_guard_rejects_a_setting_that_lifts_the_background(tiny_fit):
                                             restore_fn=always_lifts, **common)  # fmt: skip
     assert record["all_failed"] and record["chosen"] == "guidance none"
     assert defaults["guidance"] == "none"
+
+
+def test_fit_trains_in_fp32_where_bf16_would_be_emulated(monkeypatch):
+    import piddpm.devices as devices
+    from piddpm.fit import _fast_precision
+
+    cfg = config_from_dict({"method": "pi-ddpm", "precision": "bf16"}, source="test")
+    said = []
+    monkeypatch.setattr(devices, "bf16_is_fast", lambda device: False)
+    assert _fast_precision(cfg, "cpu", said.append).precision == "fp32"
+    assert "no bf16 units" in said[0]
+    monkeypatch.setattr(devices, "bf16_is_fast", lambda device: True)
+    assert _fast_precision(cfg, "cpu", said.append).precision == "bf16"
+    fp32 = cfg.model_copy(update={"precision": "fp32"})
+    assert _fast_precision(fp32, "cpu", said.append) is fp32 and len(said) == 1

@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -242,6 +243,20 @@ def test_fp16_on_cpu_is_refused(tmp_path):
         train(tiny_config("ddpm", precision="fp16"), out_dir=tmp_path, device="cpu", progress=False)
 
 
+def test_bf16_on_a_cpu_without_bf16_units_warns_and_names_the_fix(tmp_path, monkeypatch):
+    import piddpm.training.loop as loop
+
+    monkeypatch.setattr(loop, "bf16_is_fast", lambda device: False)
+    cfg = tiny_config("ddpm", precision="bf16", steps=1)
+    with pytest.warns(UserWarning, match="without bf16 units.*--precision fp32"):
+        train(cfg, out_dir=tmp_path / "a", device="cpu", progress=False)
+    monkeypatch.setattr(loop, "bf16_is_fast", lambda device: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        train(cfg, out_dir=tmp_path / "b", device="cpu", progress=False)
+
+
+@pytest.mark.filterwarnings("ignore:precision bf16 on a CPU without bf16 units")
 def test_bf16_channels_last_run(tmp_path):
     cfg = tiny_config("pi-ddpm", precision="bf16", channels_last=True, steps=1)
     result = train(cfg, out_dir=tmp_path, device="cpu", progress=False)

@@ -82,6 +82,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="CPU threads for torch; None = torch's choice (one per core); use 1 when "
         "several jobs share the machine",
     )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default=None,
+        help="arithmetic of the training step; None = the config's `precision` (bf16 only "
+        "pays on GPUs and CPUs with bf16 units; elsewhere use fp32)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -118,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["out_dir"] = str(args.out)
     if args.max_time is not None:
         overrides["max_time_s"] = args.max_time
+    if args.precision is not None:
+        overrides["precision"] = args.precision
     config_path = args.config
     if config_path is None:
         if not args.resume:

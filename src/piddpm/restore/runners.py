@@ -19,6 +19,7 @@ import torch
 from piddpm import PiddpmError
 from piddpm.acquisition import blur
 from piddpm.baselines import RL_MAX_ITER, RL_TAU, richardson_lucy, rl_iterations
+from piddpm.devices import bf16_is_fast
 from piddpm.diffusion.settings import SamplerConfig
 from piddpm.metrics.calibration import mean_gradient
 from piddpm.padding import crop_to, reflect_pad
@@ -272,20 +273,6 @@ class DiffusionRunner(_LearnedRunner):
         from piddpm.diffusion.noise import PlaneNoise
 
         return DiffusionTiles(self, PlaneNoise((self.seed * 1_000_003 + p_index) % (2**63)))
-
-
-def bf16_is_fast(device) -> bool:
-    """Whether ``device`` computes bf16 natively (CUDA with bf16, or a CPU with AVX512-BF16 /
-    AMX as oneDNN reports it); emulated bf16 would be slower than float32."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
 
 
 def diffusion_config(
