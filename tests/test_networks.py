@@ -85,6 +85,23 @@ def test_batch_elements_are_independent():
     torch.testing.assert_close(full[1:2], single, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("norm", ["layer", "group"])
+def test_a_shared_noise_level_gives_what_each_sample_alone_gives(norm):
+    # inference with one gamma for the batch embeds it once and (layer norm) folds the FiLM
+    # modulation into the norm's affine; the result equals the per-sample computation
+    net = small_net(norm=norm, attention_levels=()).eval()
+    x = torch.randn(3, 2, 16, 16)
+    g = torch.full((3,), 0.4)
+    with torch.no_grad():
+        shared = net(x, g)
+        alone = torch.cat([net(x[i : i + 1], g[i : i + 1]) for i in range(3)])
+        net.train()  # the training path: per-sample embedding, FiLM as a separate affine
+        unfolded = net(x, g)
+    torch.testing.assert_close(shared, alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shared, unfolded, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(shared[0], net.eval()(x[:1], torch.tensor([0.9]))[0], atol=1e-3)
+
+
 @pytest.mark.parametrize(
     "preset,low,high",
     [("tiny", 0.3e6, 1.5e6), ("small", 3e6, 8e6), ("paper", 40e6, 120e6)],

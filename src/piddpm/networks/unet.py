@@ -107,9 +107,16 @@ class ChannelLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
         self.eps = float(eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Normalise ``x (B, C, H, W)``; with ``scale, shift (C,)`` also apply the modulation
+        ``y * scale + shift`` folded into the affine (one pass instead of three)."""
+        weight, bias = self.weight, self.bias
+        if scale is not None:
+            weight, bias = weight * scale, bias * scale + shift
         # channels to the last axis (a view for channels_last tensors), fused layer_norm there
-        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), weight, bias, self.eps)
         return y.permute(0, 3, 1, 2)
 
 
@@ -167,10 +174,17 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
         h = self.conv1(self.act1(self.norm1(x)))
-        h = self.norm2(h)
-        if self.film is not None:
-            scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
-            h = h * (1 + scale) + shift
+        film = self.film(emb) if self.film is not None else None
+        if film is not None and film.shape[0] == 1 and isinstance(self.norm2, ChannelLayerNorm):
+            # one noise level for the whole batch (UNet.forward's shared embedding): the FiLM
+            # modulation is a per-channel affine, folded into the norm's
+            scale, shift = film[0].chunk(2)
+            h = self.norm2(h, 1 + scale, shift)
+        else:
+            h = self.norm2(h)
+            if film is not None:
+                scale, shift = film[:, :, None, None].chunk(2, dim=1)
+                h = h * (1 + scale) + shift
         h = self.conv2(self.dropout(self.act2(h)))
         return h + self.skip(x)
 
@@ -386,6 +400,8 @@ class UNet(nn.Module):
                 raise PiddpmError(
                     f"gamma has {gamma.numel()} entries for a batch of {inputs.shape[0]}"
                 )
+            if not self.training and gamma.numel() > 1 and bool((gamma == gamma[0]).all()):
+                gamma = gamma[:1]  # one embedding for the batch (samplers: one step per call)
             emb = self.embed(gamma)
         h = self.conv_in(inputs)
         skips = []
