@@ -264,7 +264,7 @@ def _fast_precision(config, device: str, log):
     """The starting model's precision, or fp32 where bf16 would be emulated.
 
     A fit is time-boxed, so its arithmetic must be the fast one: bf16 autocast pays only on
-    GPUs and CPUs with bf16 units; on other CPUs it is emulated (4.8 s against ~0.5 s per
+    GPUs and CPUs with bf16 units; on other CPUs it is emulated (4.8 s against 0.7 s per
     tiny PI-DDPM step measured on an AVX2 AMD EPYC), which would cost most of the steps.
     """
     from piddpm.devices import bf16_is_fast

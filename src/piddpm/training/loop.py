@@ -129,7 +129,7 @@ def train(
     if cfg.precision == "bf16" and dev.type == "cpu" and not bf16_is_fast(dev):
         warnings.warn(
             "precision bf16 on a CPU without bf16 units (no AVX512-BF16 / AMX) is emulated "
-            "and several times slower than fp32 (4.8 s against ~0.5 s per tiny PI-DDPM step "
+            "and several times slower than fp32 (4.8 s against 0.7 s per tiny PI-DDPM step "
             "on an AVX2 CPU); train with --precision fp32 on this machine",
             stacklevel=2,
         )
