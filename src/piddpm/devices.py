@@ -12,7 +12,8 @@ def bf16_is_fast(device) -> bool:
 
     CUDA with bf16 support, or a CPU with AVX512-BF16 / AMX as oneDNN reports it. Elsewhere
     bf16 is emulated and slower than float32: on this project's AVX2-only AMD EPYC a ``tiny``
-    PI-DDPM training step took 4.8 s in bf16 autocast against 0.7 s in float32 (mean of a 4,400-step run).
+    PI-DDPM training step took 4.8 s in bf16 autocast against 0.7 s in float32 (mean of a
+    4,400-step run).
 
     Parameters
     ----------
