@@ -102,6 +102,22 @@ def test_a_shared_noise_level_gives_what_each_sample_alone_gives(norm):
     assert not torch.allclose(shared[0], net.eval()(x[:1], torch.tensor([0.9]))[0], atol=1e-3)
 
 
+@pytest.mark.parametrize("norm", ["layer", "none"])
+def test_inference_without_gradients_equals_the_gradient_path(norm):
+    # without autograd the activations run in place on temporaries; with norm "none" the
+    # block input reaches the first activation unchanged and must not be overwritten
+    net = small_net(norm=norm, attention_levels=()).eval()
+    x = torch.randn(2, 2, 16, 16)
+    g = torch.tensor([0.3, 0.7])
+    with_grad = net(x, g)
+    with torch.no_grad():
+        without = net(x, g)
+    with torch.inference_mode():
+        inference = net(x, g)
+    torch.testing.assert_close(without, with_grad.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(inference, with_grad.detach(), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     "preset,low,high",
     [("tiny", 0.3e6, 1.5e6), ("small", 3e6, 8e6), ("paper", 40e6, 120e6)],
