@@ -150,6 +150,20 @@ def test_resume_guards(tmp_path):
         train(changed, out_dir=tmp_path / "run", resume=True, device="cpu", progress=False)
 
 
+@pytest.mark.filterwarnings("ignore:precision bf16 on a CPU without bf16 units")
+def test_resume_may_switch_between_fp32_and_bf16_but_not_to_fp16(tmp_path):
+    from piddpm.training import checkpoints
+
+    # a run moved to a machine with (or without) bf16 units continues in the other precision
+    run = tmp_path / "run"
+    train(tiny_config("ddpm", steps=1), out_dir=run, device="cpu", progress=False)
+    switched = tiny_config("ddpm", steps=2, precision="bf16", channels_last=True)
+    result = train(switched, out_dir=run, resume=True, device="cpu", progress=False)
+    assert result.step == 2 and json.loads((run / "config.json").read_text())["precision"] == "bf16"
+    with pytest.raises(PiddpmError, match=r"precision: 'bf16' -> 'fp16'"):
+        checkpoints.check_resume_compatible(switched, tiny_config("ddpm", precision="fp16"), run)
+
+
 def test_checkpoint_is_safetensors_and_json_only_and_round_trips(tmp_path):
     torch.manual_seed(0)
     cfg = tiny_config("pi-ddpm")

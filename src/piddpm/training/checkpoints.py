@@ -251,9 +251,19 @@ def write_and_prune_checkpoint(out, cfg, net, ema, optimizer, scaler, step) -> N
         old.unlink(missing_ok=True)
 
 
+#: Precisions a run may switch between on resuming: the weights, EMA and optimiser state
+#: are float32 in both (autocast changes only the arithmetic), so a run started on a machine
+#: with bf16 units can continue in fp32 on one without (``piddpm train --precision fp32``).
+#: fp16 keeps a gradient scaler, so switching to or from it is refused.
+SWITCHABLE_PRECISIONS = frozenset({"fp32", "bf16"})
+
+
 def check_resume_compatible(saved: TrainConfig, new: TrainConfig, where: Path) -> None:
     a, b = _flatten(config_to_dict(saved)), _flatten(config_to_dict(new))
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+    allowed = set(RESUMABLE_CHANGES)
+    if {a.get("precision"), b.get("precision")} <= SWITCHABLE_PRECISIONS:
+        allowed |= {"precision", "channels_last"}
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in allowed)
     if diff:
         detail = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff)
         raise PiddpmError(
