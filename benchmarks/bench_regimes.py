@@ -51,10 +51,10 @@ def main() -> None:
         vals = [psnr((obs - bg) / scale, gt), psnr(np.asarray(u, np.float64) / scale, gt)]
         for m in models:
             res = restore(
-                    obs, model=m, psf=psf.astype(np.float32), seed=0, device="cpu",
-                    progress=False, pixel_size_um=demo.PIXEL_SIZE_UM, microscope=given,
-                    samples=args.samples if m.startswith("pi-ddpm") else 1,
-                )  # fmt: skip
+                obs, model=m, psf=psf.astype(np.float32), seed=0, device="cpu",
+                progress=False, pixel_size_um=demo.PIXEL_SIZE_UM, microscope=given,
+                samples=args.samples if m.startswith("pi-ddpm") else 1,
+            )  # fmt: skip
             vals.append(psnr((np.asarray(res.mean, np.float64) - bg) / scale, gt))
         best = int(np.argmax(vals[1:])) + 1
         cells = [f"**{v:.2f}**" if i == best else f"{v:.2f}" for i, v in enumerate(vals)]
